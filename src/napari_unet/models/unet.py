@@ -1,0 +1,267 @@
+"""The U-Net of Ronneberger, Fischer and Brox (2015)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .blocks import ConvBlock, Down, UpConv, _check_spatial_dims, _CONV, center_crop, he_normal_
+
+__all__ = ["UNet"]
+
+_PADDINGS = ("valid", "same")
+
+
+class UNet(nn.Module):
+    """U-Net: a contracting and an expanding path joined by crop-and-concat skips.
+
+    With the default arguments this is the network of the paper [1]_: repeated
+    unpadded 3x3 convolutions with ReLU, 2x2 max pooling with stride 2 that
+    doubles the channels, 2x2 up-convolutions that halve them, concatenation
+    with the centre-cropped feature map of the contracting path, and a final
+    1x1 convolution to ``num_classes`` maps. It has 23 convolutional layers and
+    31.03 M parameters for one input channel and two classes; a 572x572 input
+    gives a 388x388 output. Weights are He-normal initialised, and dropout sits
+    at the end of the contracting path (the bottleneck).
+
+    Parameters
+    ----------
+    in_channels : int
+        Image channels (fluorescence channels, modalities, RGB, ...).
+    num_classes : int
+        Output maps (background, cell, separating border, ...).
+    depth : int
+        Number of 2x2 poolings; the paper uses 4 (five resolution levels).
+    base_channels : int
+        Channels of the first level; level ``l`` has ``base_channels * 2**l``.
+    padding : {"valid", "same"}
+        ``"valid"`` (the paper): unpadded convolutions, the output is smaller
+        than the input by :attr:`halo` pixels per side, and inputs must have a
+        valid size (:meth:`valid_input_shape`). ``"same"``: zero-padded
+        convolutions, output size equals input size, which must be divisible
+        by ``2**depth``.
+    batch_norm : bool
+        Batch normalisation after every 3x3 convolution (not in the paper).
+    dropout : float
+        Dropout probability at the end of the contracting path.
+    spatial_dims : int
+        2 for images (the paper), 3 for volumes.
+
+    References
+    ----------
+    .. [1] O. Ronneberger, P. Fischer, T. Brox, "U-Net: Convolutional Networks
+           for Biomedical Image Segmentation", MICCAI 2015.
+           :DOI:`10.1007/978-3-319-24574-4_28`
+
+    Examples
+    --------
+    >>> net = UNet()
+    >>> net.output_shape((572, 572))
+    (388, 388)
+    >>> net.halo
+    (92, 92)
+    >>> net.valid_input_shape((100, 100))
+    (284, 284)
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = 2,
+        depth: int = 4,
+        base_channels: int = 64,
+        padding: str = "valid",
+        batch_norm: bool = False,
+        dropout: float = 0.5,
+        spatial_dims: int = 2,
+    ) -> None:
+        super().__init__()
+        _check_spatial_dims(spatial_dims)
+        for name, value, low in (
+            ("in_channels", in_channels, 1),
+            ("num_classes", num_classes, 1),
+            ("depth", depth, 1),
+            ("base_channels", base_channels, 1),
+        ):
+            if not isinstance(value, int) or value < low:
+                raise ValueError(f"`{name}` must be an integer >= {low}, got {value!r}")
+        if padding not in _PADDINGS:
+            raise ValueError(f"`padding` must be one of {_PADDINGS}, got {padding!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"`dropout` must be in [0, 1), got {dropout}")
+
+        self.in_channels = in_channels
+        self.num_classes = num_classes
+        self.depth = depth
+        self.base_channels = base_channels
+        self.padding = padding
+        self.batch_norm = batch_norm
+        self.dropout = dropout
+        self.spatial_dims = spatial_dims
+
+        channels = [base_channels * 2**level for level in range(depth + 1)]
+        kwargs = {"padding": padding, "batch_norm": batch_norm}
+        self.inc = ConvBlock(spatial_dims, in_channels, channels[0], **kwargs)
+        self.down = nn.ModuleList(
+            Down(
+                spatial_dims,
+                channels[level],
+                channels[level + 1],
+                dropout=dropout if level == depth - 1 else 0.0,
+                **kwargs,
+            )
+            for level in range(depth)
+        )
+        self.up = nn.ModuleList(
+            UpConv(spatial_dims, channels[level + 1], channels[level])
+            for level in reversed(range(depth))
+        )
+        self.dec = nn.ModuleList(
+            ConvBlock(spatial_dims, 2 * channels[level], channels[level], **kwargs)
+            for level in reversed(range(depth))
+        )
+        self.head = _CONV[spatial_dims](channels[0], num_classes, 1)
+        he_normal_(self)
+
+    def config(self) -> dict:
+        """The constructor arguments, enough to rebuild this architecture."""
+        return {
+            "in_channels": self.in_channels,
+            "num_classes": self.num_classes,
+            "depth": self.depth,
+            "base_channels": self.base_channels,
+            "padding": self.padding,
+            "batch_norm": self.batch_norm,
+            "dropout": self.dropout,
+            "spatial_dims": self.spatial_dims,
+        }
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw class scores (logits).
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Shape (batch, in_channels, *spatial), with a spatial shape for
+            which :meth:`is_valid_input_shape` is true.
+
+        Returns
+        -------
+        logits : torch.Tensor
+            Shape (batch, num_classes, *:meth:`output_shape` (spatial)).
+        """
+        self._check_input(x)
+        skips = [self.inc(x)]
+        for down in self.down:
+            skips.append(down(skips[-1]))
+        y = skips.pop()
+        for up, dec in zip(self.up, self.dec, strict=True):
+            y = up(y)
+            y = dec(torch.cat([center_crop(skips.pop(), y.shape[2:]), y], dim=1))
+        return self.head(y)
+
+    # -- shape helpers -------------------------------------------------------------------------
+
+    @property
+    def divisor(self) -> int:
+        """Every spatial size must be divisible by this at the first pooling, ``2**depth``."""
+        return 2**self.depth
+
+    @property
+    def halo(self) -> tuple[int, ...]:
+        """Context lost per side and axis: ``(input - output) / 2``; 0 for ``"same"``."""
+        if self.padding == "same":
+            return (0,) * self.spatial_dims
+        n = self.valid_input_shape((1,) * self.spatial_dims)[0]
+        return ((n - self._output_size(n)) // 2,) * self.spatial_dims
+
+    def output_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
+        """Spatial output shape for a spatial input shape.
+
+        Raises
+        ------
+        ValueError
+            If ``input_shape`` is not valid for this network; the message
+            names the nearest valid shape.
+        """
+        input_shape = self._spatial(input_shape, "input_shape")
+        sizes = tuple(self._output_size(n) for n in input_shape)
+        if any(s is None for s in sizes):
+            raise ValueError(
+                f"input shape {input_shape} is not valid for a depth-{self.depth} "
+                f"'{self.padding}' U-Net: every 2x2 pooling needs an even size and the output must "
+                f"be non-empty; the nearest valid input shape is "
+                f"{self.valid_input_shape(self.output_shape_lower_bound(input_shape))}"
+            )
+        return sizes  # type: ignore[return-value]
+
+    def output_shape_lower_bound(self, input_shape: Sequence[int]) -> tuple[int, ...]:
+        """Roughly the output shape an input shape would give (for messages)."""
+        return tuple(max(1, n - 2 * h) for n, h in zip(input_shape, self.halo, strict=True))
+
+    def is_valid_input_shape(self, input_shape: Sequence[int]) -> bool:
+        """Whether ``input_shape`` (spatial) can be fed to the network."""
+        input_shape = self._spatial(input_shape, "input_shape")
+        return all(self._output_size(n) is not None for n in input_shape)
+
+    def valid_input_shape(self, output_shape: Sequence[int]) -> tuple[int, ...]:
+        """The smallest valid input shape whose output covers ``output_shape``.
+
+        Parameters
+        ----------
+        output_shape : sequence of int
+            The wanted spatial output shape (at least this large).
+
+        Returns
+        -------
+        input_shape : tuple of int
+            For ``"valid"`` padding, ``output + 2 * halo`` rounded up to the
+            next size where every pooling sees an even size.
+        """
+        output_shape = self._spatial(output_shape, "output_shape")
+        return tuple(self._input_size(o) for o in output_shape)
+
+    def _output_size(self, n: int) -> int | None:
+        """Output size along one axis, or None if ``n`` is not a valid input size."""
+        if self.padding == "same":
+            return n if n > 0 and n % self.divisor == 0 else None
+        for _ in range(self.depth):
+            n -= 4  # two unpadded 3x3 convolutions
+            if n <= 0 or n % 2:
+                return None
+            n //= 2
+        n -= 4
+        if n <= 0:
+            return None
+        for _ in range(self.depth):
+            n = 2 * n - 4
+        return n
+
+    def _input_size(self, out: int) -> int:
+        if self.padding == "same":
+            return max(1, -(-out // self.divisor)) * self.divisor
+        # Valid sizes form an arithmetic progression with step 2**depth (one
+        # more pixel at the bottleneck); output grows by the same step.
+        n = self.divisor
+        while self._output_size(n) is None:
+            n += 1
+        o0 = self._output_size(n)
+        steps = max(0, -(-(out - o0) // self.divisor))
+        return n + steps * self.divisor
+
+    def _spatial(self, shape: Sequence[int], name: str) -> tuple[int, ...]:
+        shape = tuple(int(s) for s in shape)
+        if len(shape) != self.spatial_dims:
+            raise ValueError(
+                f"`{name}` must have {self.spatial_dims} spatial axes, got {shape}"
+            )
+        return shape
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        expected = f"(batch, {self.in_channels}, {', '.join('N' * self.spatial_dims)})"
+        if x.ndim != self.spatial_dims + 2 or x.shape[1] != self.in_channels:
+            raise ValueError(f"input has shape {tuple(x.shape)}, expected {expected}")
+        if not self.is_valid_input_shape(x.shape[2:]):
+            self.output_shape(x.shape[2:])  # raises with the nearest valid shape
