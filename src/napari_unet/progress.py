@@ -18,7 +18,7 @@ __all__ = ["Cancelled", "Progress", "drive"]
 T = TypeVar("T")
 
 
-class Cancelled(RuntimeError):  # noqa: N818 - reads better at call sites than CancelledError
+class Cancelled(RuntimeError):
     """Raised when the user cancelled a long-running operation.
 
     The operation stops cleanly: no partial result is returned.

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .blocks import ConvBlock, Down, UpConv, _check_spatial_dims, _CONV, center_crop, he_normal_
+from .blocks import _CONV, ConvBlock, Down, UpConv, _check_spatial_dims, center_crop, he_normal_
 
 __all__ = ["UNet"]
 
@@ -177,6 +177,30 @@ class UNet(nn.Module):
         n = self.valid_input_shape((1,) * self.spatial_dims)[0]
         return ((n - self._output_size(n)) // 2,) * self.spatial_dims
 
+    @property
+    def context(self) -> int:
+        """Pixels per side over which a tile's edge can change its output.
+
+        For ``"valid"`` padding this is the halo (92 at depth 4). For
+        ``"same"`` padding it is how far the zero padding at a tile's edge
+        reaches into the output: each 3x3 convolution spreads it by one pixel
+        of its level, a 2x2 pooling halves it (rounding up) and an
+        up-convolution doubles it; followed down and up the network this gives
+        94 pixels at depth 4. Tiles that overlap by more than twice this are
+        exact (see :func:`napari_unet.tiling.predict_tiled`).
+        """
+        if self.padding == "valid":
+            return self.halo[0]
+        reach, skips = 0, []
+        for _ in range(self.depth):
+            reach += 2
+            skips.append(reach)
+            reach = -(-reach // 2)
+        reach += 2
+        for skip in reversed(skips):
+            reach = max(2 * reach, skip) + 2
+        return reach
+
     def output_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
         """Spatial output shape for a spatial input shape.
 
@@ -191,8 +215,8 @@ class UNet(nn.Module):
         if any(s is None for s in sizes):
             raise ValueError(
                 f"input shape {input_shape} is not valid for a depth-{self.depth} "
-                f"'{self.padding}' U-Net: every 2x2 pooling needs an even size and the output must "
-                f"be non-empty; the nearest valid input shape is "
+                f"'{self.padding}' U-Net: every 2x2 pooling needs an even size and the output "
+                f"must be non-empty; the nearest valid input shape is "
                 f"{self.valid_input_shape(self.output_shape_lower_bound(input_shape))}"
             )
         return sizes  # type: ignore[return-value]
@@ -254,9 +278,7 @@ class UNet(nn.Module):
     def _spatial(self, shape: Sequence[int], name: str) -> tuple[int, ...]:
         shape = tuple(int(s) for s in shape)
         if len(shape) != self.spatial_dims:
-            raise ValueError(
-                f"`{name}` must have {self.spatial_dims} spatial axes, got {shape}"
-            )
+            raise ValueError(f"`{name}` must have {self.spatial_dims} spatial axes, got {shape}")
         return shape
 
     def _check_input(self, x: torch.Tensor) -> None:
@@ -264,4 +286,7 @@ class UNet(nn.Module):
         if x.ndim != self.spatial_dims + 2 or x.shape[1] != self.in_channels:
             raise ValueError(f"input has shape {tuple(x.shape)}, expected {expected}")
         if not self.is_valid_input_shape(x.shape[2:]):
-            self.output_shape(x.shape[2:])  # raises with the nearest valid shape
+            try:
+                self.output_shape(x.shape[2:])
+            except ValueError as err:
+                raise ValueError(f"input has shape {tuple(x.shape)}: {err}") from None
