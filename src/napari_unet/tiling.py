@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import itertools
 import math
+import uuid
 from collections.abc import Callable, Generator, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -20,10 +22,14 @@ from torch import nn
 from .devices import select_device
 from .progress import Progress, drive
 
+if TYPE_CHECKING:
+    import dask.array
+
 __all__ = [
     "choose_tile_shape",
     "iter_predict_stack",
     "iter_predict_tiled",
+    "predict_dask",
     "predict_stack",
     "predict_tiled",
 ]
@@ -269,6 +275,180 @@ def iter_predict_stack(
     return out.reshape(model.num_classes, *leading, *planes.shape[-2:])
 
 
+def predict_dask(
+    model: nn.Module,
+    array: object,
+    *,
+    channel_axis: int | None = None,
+    tile_shape: Sequence[int] | None = None,
+    batch_size: int = 1,
+    device: str | torch.device | None = None,
+) -> dask.array.Array:
+    """Lazily predict the planes of a (possibly larger-than-memory) array with Dask.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A 2D model, as for :func:`predict_tiled`.
+    array : dask.array.Array or array-like, shape (..., Y, X)
+        Chunked data (for example from Zarr) or anything ``dask.array.asarray``
+        accepts. Planes are the last two axes; leading axes (Z, T, ...) keep
+        their chunks.
+    channel_axis : int, optional
+        Axis holding ``model.in_channels`` channels; ``None`` for one channel.
+    tile_shape, batch_size, device
+        As for :func:`predict_tiled`, per chunk. ``device`` is resolved on the
+        worker that computes the chunk.
+
+    Returns
+    -------
+    probabilities : dask.array.Array of float32, shape (num_classes, ..., Y, X)
+        Nothing is computed until the result is (partly) computed or stored;
+        each output chunk reads only its input chunk and a margin around it.
+
+    Notes
+    -----
+    Each chunk is predicted with a margin of real neighbouring pixels equal
+    to the tiling margin (the halo, 92 pixels at depth 4, for ``"valid"``
+    models; the blending overlap for ``"same"`` models), taken with
+    ``dask.array.overlap.overlap``; at the array's own borders the chunk is
+    mirror-padded exactly as :func:`predict_tiled` pads the whole image.
+    Spatial chunks are made multiples of ``2**depth`` (and larger than the
+    margin) so that every chunk sees the same max-pooling grid as the whole
+    array. The result therefore equals :func:`predict_tiled` on the whole
+    plane, chunk borders included, to floating-point rounding.
+
+    The model enters the task graph once, as a single ``dask.delayed`` key
+    that every chunk's task depends on, so a distributed scheduler sends it to
+    each worker once, not with every chunk.
+    """
+    import dask
+    import dask.array as da
+
+    arr = da.asarray(array)
+    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise ValueError(f"`array` has dtype {arr.dtype}, expected integer or floating point")
+    if channel_axis is None:
+        if arr.ndim < 2:
+            raise ValueError(f"`array` has shape {arr.shape}; expected (..., Y, X)")
+        arr = arr[..., np.newaxis, :, :]
+    else:
+        if not -arr.ndim <= channel_axis < arr.ndim or channel_axis % arr.ndim >= arr.ndim - 2:
+            raise ValueError(
+                f"`channel_axis` {channel_axis} must point at a non-spatial axis of an array "
+                f"of shape {arr.shape}; the last two axes are (Y, X)"
+            )
+        arr = da.moveaxis(arr, channel_axis, -3)
+    if arr.shape[-3] != model.in_channels:
+        raise ValueError(
+            f"`array` has {arr.shape[-3]} channel(s) along `channel_axis`, but the model "
+            f"expects {model.in_channels}"
+        )
+    if 0 in arr.shape:
+        raise ValueError(f"`array` of shape {arr.shape} is empty")
+
+    margin = _Tiler.margin_of(model)
+    d = model.divisor
+    # A pixel's value can depend on up to 2**depth - 1 pixels past the margin
+    # on its far side (through its bottleneck cell), so chunks take that much
+    # more real context.
+    depth = tuple(m + d for m in margin)
+    spatial = (arr.ndim - 2, arr.ndim - 1)
+    arr = arr.rechunk(
+        {
+            arr.ndim - 3: -1,
+            **{
+                ax: _aligned_chunks(arr.shape[ax], max(arr.chunks[ax]), d, g + 1)
+                for ax, g in zip(spatial, depth, strict=True)
+            },
+        }
+    )
+    overlapped = da.overlap.overlap(
+        arr, depth=dict(zip(spatial, depth, strict=True)), boundary="none"
+    )
+    # An explicit name: hashing a model would pickle all its weights.
+    model_key = dask.delayed(model, name=f"napari-unet-model-{uuid.uuid4().hex}", traverse=False)
+    out = da.map_blocks(
+        _predict_block,
+        overlapped,
+        model_key,
+        margin=margin,
+        extra=d,
+        tile_shape=tile_shape,
+        batch_size=batch_size,
+        device=device,
+        chunks=(*arr.chunks[:-3], (model.num_classes,), *arr.chunks[-2:]),
+        dtype=np.float32,
+        meta=np.empty((0,) * arr.ndim, dtype=np.float32),
+    )
+    return da.moveaxis(out, -3, 0)
+
+
+def _predict_block(
+    block: np.ndarray,
+    model: nn.Module,
+    *,
+    margin: tuple[int, int],
+    extra: int,
+    tile_shape: Sequence[int] | None,
+    batch_size: int,
+    device: str | torch.device | None,
+    block_info: dict | None = None,
+) -> np.ndarray:
+    """Predict one overlapped chunk: (..., C, Y, X) with ``margin + extra`` context."""
+    info = block_info[0]
+    location, count = info["chunk-location"], info["num-chunks"]
+    crop = [slice(None)] * (block.ndim - 2)
+    pads = []
+    for ax, m in zip((block.ndim - 2, block.ndim - 1), margin, strict=True):
+        first, last = location[ax] == 0, location[ax] == count[ax] - 1
+        # Tiles start `margin` before the chunk: drop the rest of the leading
+        # context. At the array's own borders Dask added none: mirror-pad there
+        # as predict_tiled pads the whole image.
+        crop.append(slice(0 if first else extra, None))
+        pads.append((m if first else 0, m + extra if last else 0))
+    planes = block[tuple(crop)]
+    planes = planes.reshape(-1, *planes.shape[-3:]).astype(np.float32, copy=False)
+    if not np.isfinite(planes).all():
+        raise ValueError("a chunk of `array` contains NaN or infinite values")
+    dev = select_device(device)
+    results = []
+    for plane in planes:
+        plane = _mirror_pad(plane, pads)
+        interior = tuple(s - 2 * m - extra for s, m in zip(plane.shape[1:], margin, strict=True))
+        tiler = _Tiler(model, interior, tile_shape, dev, None)
+        events = tiler.predict(plane, batch_size=batch_size, with_margin=True, trailing=extra)
+        results.append(_run_to_result(events))
+    return np.stack(results).reshape(*block.shape[:-3], model.num_classes, *results[0].shape[1:])
+
+
+def _aligned_chunks(length: int, wanted: int, multiple: int, minimum: int) -> tuple[int, ...]:
+    """Chunk sizes that are multiples of ``multiple`` and at least ``minimum``.
+
+    Chunks start at multiples of ``multiple`` so every chunk shares the
+    max-pooling grid of the whole array; a short remainder joins the last
+    chunk because Dask's overlap needs chunks larger than the overlap.
+    """
+    size = max(_round_up(wanted, multiple), _round_up(minimum, multiple))
+    n, rest = divmod(length, size)
+    chunks = [size] * n
+    if rest:
+        if chunks and rest < minimum:
+            chunks[-1] += rest
+        else:
+            chunks.append(rest)
+    return tuple(chunks)
+
+
+def _run_to_result(events: Generator[int, None, np.ndarray]) -> np.ndarray:
+    """Run a tile generator to its result, discarding the per-batch counts."""
+    while True:
+        try:
+            next(events)
+        except StopIteration as stop:
+            return stop.value
+
+
 def choose_tile_shape(
     model: nn.Module,
     image_shape: Sequence[int],
@@ -476,16 +656,49 @@ class _Tiler:
             return self.overlap
         return tuple(self.model.halo)
 
+    @staticmethod
+    def margin_of(model: nn.Module) -> tuple[int, int]:
+        """The context a tiler with the default overlap pads each side with."""
+        if model.padding == "same":
+            return (_default_overlap(model),) * 2
+        return tuple(model.halo)  # type: ignore[return-value]
+
     def count_tiles(self, image_shape: Sequence[int]) -> int:
         return math.prod(self._grid(image_shape)[0])
 
-    def predict(self, image: np.ndarray, *, batch_size: int) -> Generator[int, None, np.ndarray]:
-        """Yields the number of tiles finished per batch; returns (classes, Y, X)."""
+    def predict(
+        self,
+        image: np.ndarray,
+        *,
+        batch_size: int,
+        with_margin: bool = False,
+        trailing: int = 0,
+    ) -> Generator[int, None, np.ndarray]:
+        """Yields the number of tiles finished per batch; returns (classes, Y, X).
+
+        With ``with_margin=True`` the image already carries :meth:`_margin`
+        pixels of real context on every side (a chunk of a larger array with
+        its neighbours' pixels), and only the interior is predicted.
+        """
         if batch_size < 1:
             raise ValueError(f"`batch_size` must be >= 1, got {batch_size}")
-        size = image.shape[1:]
-        counts, pads = self._grid(size)
-        padded = _mirror_pad(image, pads)
+        margin = self._margin()
+        if with_margin:
+            size = tuple(
+                s - 2 * m - trailing for s, m in zip(image.shape[1:], margin, strict=True)
+            )
+            counts, pads = self._grid(size)
+            # The context is there already (plus `trailing` pixels after the
+            # margin); only the last tiles need filling, and what fills them
+            # never reaches the interior.
+            padded = _mirror_pad(
+                image,
+                [(0, max(0, a - m - trailing)) for (_, a), m in zip(pads, margin, strict=True)],
+            )
+        else:
+            size = image.shape[1:]
+            counts, pads = self._grid(size)
+            padded = _mirror_pad(image, pads)
         padded_t = torch.from_numpy(np.ascontiguousarray(padded))
         positions = [
             tuple(i * s for i, s in zip(index, self.step, strict=True))
