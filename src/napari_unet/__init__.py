@@ -21,6 +21,10 @@ _LAZY = {
     "predict_stack": "napari_unet.tiling",
     "Cancelled": "napari_unet.progress",
     "select_device": "napari_unet.devices",
+    "train": "napari_unet.training",
+    "TrainConfig": "napari_unet.training",
+    "save_model": "napari_unet.io",
+    "load_model": "napari_unet.io",
 }
 
 __all__ = ["__version__", *sorted(_LAZY)]

@@ -296,6 +296,680 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 _COMMANDS.append(_add_evaluate)
 
 
+# ---------------------------------------------------------------------------
+# train / predict / info: the training engine, prediction and model files
+# ---------------------------------------------------------------------------
+
+
+def _files_by_stem(folder: str, option: str) -> dict[str, Path]:
+    """Image files of a folder (or one file) keyed by name without suffix."""
+    from .io import list_images
+
+    try:
+        files = list_images(folder)
+    except (FileNotFoundError, ValueError) as err:
+        raise CommandError(f"{option}: {err}") from err
+    if not files:
+        raise CommandError(f"{option}: no image files in {folder}")
+    table: dict[str, Path] = {}
+    for path in files:
+        if path.stem in table:
+            raise CommandError(
+                f"{option}: two files with the same name: {table[path.stem].name}, {path.name}"
+            )
+        table[path.stem] = path
+    return table
+
+
+def _read(path: Path) -> np.ndarray:
+    from .io import read_image
+
+    try:
+        return read_image(path)
+    except (FileNotFoundError, ValueError) as err:
+        raise CommandError(str(err)) from err
+
+
+def _is_colour(path: Path, array: np.ndarray) -> bool:
+    """A PNG/JPEG-style (Y, X, 3|4) colour image (TIFF stacks are never guessed)."""
+    return (
+        path.suffix.lower() not in (".tif", ".tiff")
+        and array.ndim == 3
+        and array.shape[-1] in (3, 4)
+    )
+
+
+def _read_labels(path: Path, binary: bool) -> np.ndarray:
+    labels = _read(path)
+    if _is_colour(path, labels):
+        colour = labels[..., :3]
+        if not (colour == colour[..., :1]).all():
+            raise CommandError(f"{path} is a colour image, expected a label image")
+        labels = colour[..., 0]
+    if not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == np.bool_):
+        raise CommandError(f"{path} (dtype {labels.dtype}) is not a label image of integers")
+    if labels.ndim not in (2, 3):
+        raise CommandError(f"{path} has shape {labels.shape}, expected (Y, X) or (Z, Y, X)")
+    if binary:
+        from .metrics import mask_to_instances
+
+        # Per plane: cells of neighbouring sections are different profiles.
+        planes = labels.reshape(-1, *labels.shape[-2:])
+        labels = np.stack([mask_to_instances(p) for p in planes]).reshape(labels.shape)
+    elif labels.size and labels.min() < 0:
+        raise CommandError(f"{path} contains negative labels")
+    return labels.astype(np.int64 if labels.max(initial=0) > 2**31 - 1 else np.int32)
+
+
+def _train_image(path: Path, labels_shape: tuple[int, ...]) -> np.ndarray:
+    """An image as (Y, X), (C, Y, X), (Z, Y, X) or (C, Z, Y, X) matching its labels."""
+    image = _read(path)
+    if _is_colour(path, image):
+        image = np.moveaxis(image[..., :3], -1, 0)
+        if (image == image[:1]).all():
+            image = image[0]  # grey saved as RGB
+    elif image.ndim == len(labels_shape) + 1 and image.shape[:-1] == labels_shape:
+        image = np.moveaxis(image, -1, 0)  # channels last (TIFF)
+    if image.shape[-len(labels_shape) :] != labels_shape:
+        raise CommandError(
+            f"{path} (shape {image.shape}) does not match its labels (shape {labels_shape})"
+        )
+    return image
+
+
+def _train_samples(
+    images: str, labels: str, masks: str | None, binary: bool, prefix: str = ""
+) -> tuple[list, list[str]]:
+    from .training import Sample
+
+    image_files = _files_by_stem(images, f"--{prefix}images")
+    label_files = _files_by_stem(labels, f"--{prefix}labels")
+    mask_files = _files_by_stem(masks, "--masks") if masks else {}
+    problems = []
+    if set(image_files) - set(label_files):
+        names = sorted(set(image_files) - set(label_files))
+        problems.append(f"no labels for {', '.join(image_files[n].name for n in names[:5])}")
+    if set(label_files) - set(image_files):
+        names = sorted(set(label_files) - set(image_files))
+        problems.append(f"no image for labels {', '.join(label_files[n].name for n in names[:5])}")
+    if problems:
+        raise CommandError(
+            f"--{prefix}images and --{prefix}labels are matched by file name: "
+            + "; ".join(problems)
+        )
+    samples = []
+    for stem in sorted(image_files):
+        label_array = _read_labels(label_files[stem], binary)
+        image = _train_image(image_files[stem], label_array.shape)
+        mask = None
+        if stem in mask_files:
+            mask = _read(mask_files[stem]) != 0
+            if mask.shape != label_array.shape:
+                raise CommandError(
+                    f"{mask_files[stem]} (shape {mask.shape}) does not match its labels "
+                    f"(shape {label_array.shape})"
+                )
+        samples.append(Sample(image, label_array, mask))
+    channels = {1 if s.image.ndim == s.labels.ndim else s.image.shape[0] for s in samples}
+    if len(channels) > 1:
+        raise CommandError(f"--{prefix}images have different channel counts: {sorted(channels)}")
+    return samples, sorted(image_files)
+
+
+def _add_train(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train a model on annotated images",
+        description=(
+            "Train a U-Net on images and instance label images, matched by file name.\n"
+            "Writes MODEL (the best model by validation, or the last without validation)\n"
+            "and MODEL's .last file (the last model with the optimiser state, for --resume).\n"
+            "Ctrl-C stops after the current iteration and keeps the model trained so far;\n"
+            "a second Ctrl-C aborts at once (the last checkpoint on disk stays intact)."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    data = parser.add_argument_group("data")
+    data.add_argument("--images", required=True, metavar="DIR", help="training images")
+    data.add_argument("--labels", required=True, metavar="DIR", help="instance label images")
+    data.add_argument(
+        "--masks", metavar="DIR", help="annotated-pixel masks (non-zero = annotated)"
+    )
+    data.add_argument("--val-images", metavar="DIR", help="validation images")
+    data.add_argument("--val-labels", metavar="DIR", help="validation label images")
+    data.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="hold out this share of the training planes for validation (default 0)",
+    )
+    data.add_argument(
+        "--binary-labels",
+        action="store_true",
+        help="labels are binary (e.g. ISBI 2012: 255 = cell, 0 = membrane): instances are "
+        "their 4-connected components",
+    )
+    out = parser.add_argument_group("output")
+    out.add_argument("--out", required=True, metavar="MODEL", help="model file (.safetensors)")
+    out.add_argument("--overwrite", action="store_true", help="replace existing model files")
+    arch = parser.add_argument_group("model (ignored with --resume)")
+    # Checked when the model is built, so that --help does not import PyTorch.
+    arch.add_argument("--model", default="unet", help="architecture (default: unet)")
+    arch.add_argument("--depth", type=int, default=4, help="poolings (default 4, the paper)")
+    arch.add_argument("--base-channels", type=int, default=64, help="default 64 (the paper)")
+    arch.add_argument("--padding", default="valid", choices=("valid", "same"))
+    arch.add_argument("--batch-norm", action="store_true", help="batch normalisation")
+    arch.add_argument(
+        "--classes",
+        type=int,
+        default=3,
+        choices=(2, 3),
+        help="3: background, cell, separating border (default); 2: background, cell",
+    )
+    opt = parser.add_argument_group("training")
+    opt.add_argument("--iterations", type=int, default=1000, metavar="N")
+    opt.add_argument("--tile", type=int, metavar="N", help="input tile side (default 572)")
+    opt.add_argument("--batch-size", type=int, default=1)
+    opt.add_argument("--optimizer", default="sgd", choices=("sgd", "adam"))
+    opt.add_argument("--lr", type=float, help="learning rate (default 0.01 SGD, 0.001 Adam)")
+    opt.add_argument(
+        "--schedule", default="constant", choices=("constant", "cosine", "poly", "step")
+    )
+    opt.add_argument("--val-every", type=int, default=100, metavar="N")
+    opt.add_argument("--no-augment", action="store_true", help="no augmentation at all")
+    opt.add_argument("--device", default="auto", help="auto (default), cpu, cuda, mps")
+    opt.add_argument(
+        "--resume",
+        metavar="MODEL",
+        help="start from this model file: continue its run if it is an unfinished .last "
+        "checkpoint, else fine-tune its weights",
+    )
+    opt.add_argument("--seed", type=int, default=0)
+    opt.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(func=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    import signal
+
+    from ._modelfile import ModelFileError, build_model, load_checkpoint
+    from .training import TrainConfig, checkpoint_paths, train
+
+    if bool(args.val_images) != bool(args.val_labels):
+        raise CommandError("--val-images and --val-labels go together")
+    out = Path(args.out)
+    if not out.parent.is_dir():
+        raise CommandError(f"--out: folder {out.parent} does not exist")
+    existing = [str(p) for p in checkpoint_paths(out) if p.exists()]
+    if existing and not args.overwrite:
+        raise CommandError(f"{', '.join(existing)} exists; pass --overwrite to replace it")
+    augment = not args.no_augment
+    try:
+        config = TrainConfig(
+            iterations=args.iterations,
+            tile_shape=None if args.tile is None else (args.tile, args.tile),
+            batch_size=args.batch_size,
+            optimizer=args.optimizer,
+            lr=args.lr,
+            lr_schedule=args.schedule,
+            border_class=args.classes == 3,
+            elastic=augment,
+            flips=augment,
+            grey_values=augment,
+            val_every=args.val_every,
+            val_fraction=args.val_fraction,
+            checkpoint_every=args.val_every,
+            seed=args.seed,
+            device=args.device,
+        )
+    except ValueError as err:
+        raise CommandError(str(err)) from err
+
+    samples, names = _train_samples(args.images, args.labels, args.masks, args.binary_labels)
+    val_samples, val_names = None, []
+    if args.val_images:
+        val_samples, val_names = _train_samples(
+            args.val_images, args.val_labels, None, args.binary_labels, prefix="val-"
+        )
+
+    resume = False
+    if args.resume:
+        try:
+            _, stored, optimizer_state = load_checkpoint(args.resume)
+        except (FileNotFoundError, ModelFileError) as err:
+            raise CommandError(f"--resume: {err}") from err
+        previous = stored.get("training") or {}
+        resume = optimizer_state is not None and not previous.get("finished", True)
+        what = "resuming" if resume else "fine-tuning"
+        print(f"{what} from {args.resume} ({previous.get('iteration', '?')} iterations)")
+        model = args.resume
+    else:
+        first = samples[0]
+        channels = 1 if first.image.ndim == first.labels.ndim else int(first.image.shape[0])
+        _torch_seed(args.seed)  # the initial weights are part of a reproducible run
+        try:
+            model = build_model(
+                args.model,
+                {
+                    "in_channels": channels,
+                    "num_classes": args.classes,
+                    "depth": args.depth,
+                    "base_channels": args.base_channels,
+                    "padding": args.padding,
+                    "batch_norm": args.batch_norm,
+                },
+            )
+        except ModelFileError as err:
+            raise CommandError(str(err)) from err
+
+    stop = {"requested": False}
+
+    def on_sigint(signum, frame):
+        if stop["requested"]:
+            raise KeyboardInterrupt
+        stop["requested"] = True
+        print(
+            "\nstopping after this iteration (Ctrl-C again to abort now)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    bar = _ProgressBar(args.quiet)
+    try:
+        previous_handler = signal.signal(signal.SIGINT, on_sigint)
+    except ValueError:  # not the main thread: Ctrl-C then raises KeyboardInterrupt
+        previous_handler = None
+    try:
+        result = train(
+            samples,
+            model=model,
+            config=config,
+            val_samples=val_samples,
+            out=out,
+            overwrite=args.overwrite,
+            resume=resume,
+            progress=bar.train_event,
+            cancel=lambda: stop["requested"],
+            data_info={
+                "images": str(args.images),
+                "labels": str(args.labels),
+                "files": names,
+                "val_files": val_names,
+                "binary_labels": bool(args.binary_labels),
+            },
+        )
+    except (ValueError, FileExistsError, FileNotFoundError, FloatingPointError) as err:
+        raise CommandError(str(err)) from err
+    finally:
+        bar.close()
+        if previous_handler is not None:
+            signal.signal(signal.SIGINT, previous_handler)
+
+    best = result.best
+    summary = f"{result.iterations} iterations"
+    if best:
+        summary += f"; best {best['monitor']} {best['value']:.4f} at iteration {best['iteration']}"
+        extra = {k: v for k, v in best["metrics"].items() if k != best["monitor"]}
+        summary += "".join(f", {k} {v:.4f}" for k, v in extra.items())
+    print(f"wrote {result.best_path} and {result.last_path} ({summary})")
+    if result.cancelled:
+        print(
+            f"napari-unet train: interrupted after {result.iterations} iterations; "
+            "the model trained so far is saved",
+            file=sys.stderr,
+        )
+        return 130
+    return 0
+
+
+def _torch_seed(seed: int) -> None:
+    import torch
+
+    torch.manual_seed(seed)
+
+
+class _ProgressBar:
+    """A tqdm bar on stderr for train and predict events (or nothing with --quiet)."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.bar = None
+        self.stage = None
+
+    def _bar(self, stage: str, total: int, unit: str, desc: str):
+        if self.quiet:
+            return None
+        if self.bar is None or self.stage != stage or self.bar.total != total:
+            from tqdm import tqdm
+
+            self.close()
+            self.bar = tqdm(total=total, unit=unit, desc=desc, file=sys.stderr, leave=True)
+            self.stage = stage
+        return self.bar
+
+    def train_event(self, event) -> None:
+        if event.stage == "validate":
+            return  # short; the next iteration's bar update shows the metrics
+        unit = "image" if event.stage == "prepare" else "it"
+        desc = "weight maps" if event.stage == "prepare" else "train"
+        bar = self._bar(event.stage, event.total, unit, desc)
+        if bar is None:
+            return
+        bar.update(event.done - bar.n)
+        if event.stage == "train":
+            info = event.info
+            shown = {"loss": f"{info['loss']:.4f}"}
+            for key in ("val_loss", "pixel_error", "rand_error"):
+                if key in info:
+                    shown[key] = f"{info[key]:.4f}"
+            bar.set_postfix(shown, refresh=False)
+
+    def count(self, desc: str):
+        def update(done: int, total: int) -> None:
+            bar = self._bar(desc, total, "tile", desc)
+            if bar is not None:
+                bar.update(done - bar.n)
+
+        return update
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _add_predict(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "predict",
+        help="segment images with a trained model",
+        description=(
+            "Predict every INPUT (files or folders of TIFF/PNG/... images; TIFF stacks are\n"
+            "predicted plane by plane) and write DIR/<name>.tif (instance labels) and, with\n"
+            "--probabilities, DIR/probabilities/<name>.tif (float32 class probabilities,\n"
+            "classes first). `napari-unet evaluate --pred DIR --gt LABELS` then pairs the\n"
+            "label images with the ground truth by name. Existing outputs are never\n"
+            "replaced without --overwrite."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
+    parser.add_argument("--model", required=True, metavar="MODEL", help="model file")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    parser.add_argument("--probabilities", action="store_true", help="also write probabilities")
+    parser.add_argument("--tta", action="store_true", help="average over 8 rotations/flips")
+    parser.add_argument("--tile", type=int, metavar="N", help="input tile side (default: auto)")
+    parser.add_argument("--batch-size", type=int, default=1, help="tiles per forward pass")
+    parser.add_argument(
+        "--channel-axis",
+        type=int,
+        metavar="AXIS",
+        help="axis of the channels in multi-channel TIFFs (default: guessed from the model)",
+    )
+    parser.add_argument("--threshold", type=float, default=0.5, help="foreground threshold")
+    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, mps")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(func=_run_predict)
+
+
+def _predict_layout(
+    path: Path, image: np.ndarray, channels: int, channel_axis: int | None
+) -> tuple[np.ndarray, int | None]:
+    """The image and the axis of its channels (None: one channel, no axis)."""
+    if _is_colour(path, image):
+        if channels == 3:
+            return image[..., :3], image.ndim - 1
+        if channels == 1 and (image[..., :3] == image[..., :1]).all():
+            return image[..., 0], None
+        raise CommandError(
+            f"{path} is a colour image (shape {image.shape}); the model expects "
+            f"{channels} channel(s)"
+        )
+    if channel_axis is not None:
+        if not -image.ndim <= channel_axis < image.ndim - 2:
+            raise CommandError(
+                f"--channel-axis {channel_axis} is not a leading axis of {path} "
+                f"(shape {image.shape}); the last two axes are (Y, X)"
+            )
+        if image.shape[channel_axis] != channels:
+            raise CommandError(
+                f"{path}: axis {channel_axis} has {image.shape[channel_axis]} entries, the "
+                f"model expects {channels} channel(s)"
+            )
+        return image, channel_axis % image.ndim
+    if channels == 1:
+        if image.ndim < 2:
+            raise CommandError(f"{path} has shape {image.shape}, expected (..., Y, X)")
+        return image, None
+    candidates = [axis for axis in range(image.ndim - 2) if image.shape[axis] == channels]
+    if image.ndim >= 3 and image.shape[-1] == channels and not candidates:
+        return image, image.ndim - 1  # channels last
+    if not candidates:
+        raise CommandError(
+            f"{path} (shape {image.shape}) has no axis of {channels} channels, which the "
+            "model expects"
+        )
+    return image, candidates[0]
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from ._modelfile import ModelFileError, load_model
+    from .io import list_images, write_image
+    from .normalize import Normalization
+    from .postprocess import probabilities_to_labels
+    from .progress import Cancelled
+    from .tiling import predict_stack
+
+    try:
+        model, meta = load_model(args.model)
+        normalize = Normalization.from_dict(meta.get("normalization"))
+    except (FileNotFoundError, ModelFileError, ValueError) as err:
+        raise CommandError(f"--model: {err}") from err
+    if getattr(model, "spatial_dims", 2) != 2:
+        raise CommandError("predict supports 2D models only")
+    inputs: list[Path] = []
+    for item in args.inputs:
+        try:
+            found = list_images(item)
+        except (FileNotFoundError, ValueError) as err:
+            raise CommandError(str(err)) from err
+        if not found:
+            raise CommandError(f"no image files in {item}")
+        inputs.extend(found)
+    stems = [p.stem for p in inputs]
+    duplicates = sorted({s for s in stems if stems.count(s) > 1})
+    if duplicates:
+        raise CommandError(f"two inputs would write the same outputs: {', '.join(duplicates)}")
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise CommandError(f"--out {out} is a file, expected a folder")
+    targets = []
+    for path in inputs:
+        names = [out / f"{path.stem}.tif"]
+        if args.probabilities:
+            names.append(out / "probabilities" / f"{path.stem}.tif")
+        targets.append(names)
+    # Check every output before computing anything: never a half-done batch.
+    existing = [str(p) for names in targets for p in names if p.exists()]
+    if existing and not args.overwrite:
+        shown = ", ".join(existing[:3]) + (" ..." if len(existing) > 3 else "")
+        raise CommandError(f"{shown} exists; pass --overwrite to replace")
+    out.mkdir(parents=True, exist_ok=True)
+    if args.probabilities:
+        (out / "probabilities").mkdir(exist_ok=True)
+
+    bar = _ProgressBar(args.quiet)
+    try:
+        for path, names in zip(inputs, targets, strict=True):
+            image, channel_axis = _predict_layout(
+                path, _read(path), model.in_channels, args.channel_axis
+            )
+            if not np.issubdtype(image.dtype, np.number):
+                raise CommandError(f"{path} (dtype {image.dtype}) is not a numeric image")
+            try:
+                data = normalize(image, channel_axis=channel_axis)
+                probs = predict_stack(
+                    model,
+                    data,
+                    channel_axis=channel_axis,
+                    tile_shape=None if args.tile is None else (args.tile, args.tile),
+                    batch_size=args.batch_size,
+                    device=args.device,
+                    tta=args.tta,
+                    progress=bar.count(path.name),
+                )
+                labels = probabilities_to_labels(probs, threshold=args.threshold, spatial_dims=2)
+            except Cancelled:
+                raise KeyboardInterrupt from None
+            except ValueError as err:
+                raise CommandError(f"{path}: {err}") from err
+            bar.close()
+            if labels.max(initial=0) < 2**16:
+                labels = labels.astype(np.uint16)
+            write_image(names[0], labels)
+            if args.probabilities:
+                write_image(names[1], probs.astype(np.float32))
+            count = len(np.unique(labels)) - (1 if (labels == 0).any() else 0)
+            print(f"{path.name}: {count} objects -> {', '.join(str(n) for n in names)}")
+    finally:
+        bar.close()
+    return 0
+
+
+def _add_info(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "info",
+        help="show what a model file holds",
+        description="Print the metadata of a model file: architecture, classes, "
+        "normalisation and how it was trained. Reads the file safely (no code runs).",
+    )
+    parser.add_argument("model", metavar="MODEL", help="model file (.safetensors)")
+    parser.add_argument("--json", action="store_true", help="print the raw JSON metadata")
+    parser.set_defaults(func=_run_info)
+
+
+def _run_info(args: argparse.Namespace) -> int:
+    import json
+
+    from ._modelfile import ModelFileError, load_model
+
+    try:
+        model, meta = load_model(args.model)
+    except (FileNotFoundError, ModelFileError) as err:
+        raise CommandError(str(err)) from err
+    if args.json:
+        print(json.dumps(meta, indent=2, sort_keys=True))
+        return 0
+    params = sum(p.numel() for p in model.parameters())
+    arguments = ", ".join(f"{k}={v}" for k, v in meta["arguments"].items())
+    lines = [
+        f"file:          {args.model}",
+        f"architecture:  {meta['architecture']} ({arguments})",
+        f"parameters:    {params:,}",
+        f"classes:       {', '.join(meta.get('classes') or []) or meta.get('num_classes')}",
+    ]
+    norm = meta.get("normalization") or {}
+    if norm:
+        text = f"{norm.get('method', 'percentile')} {norm.get('low')}-{norm.get('high')}, "
+        text += f"scope {norm.get('scope')}"
+        if norm.get("lo") is not None:
+            text += f", lo {norm['lo']}, hi {norm['hi']}"
+        lines.append(f"normalisation: {text}")
+    lines.append(f"created:       {meta.get('created')} (napari-unet {meta['package_version']})")
+    training = meta.get("training")
+    if training:
+        state = (
+            "finished"
+            if training.get("finished")
+            else ("cancelled" if training.get("cancelled") else "in progress")
+        )
+        config = training.get("config") or {}
+        lines.append(
+            f"training:      {training.get('iteration')} of {config.get('iterations')} "
+            f"iterations ({state}), {config.get('optimizer')} lr {config.get('lr')}, "
+            f"tile {training.get('tile_shape')}, seed {config.get('seed')}, "
+            f"{training.get('elapsed_s')} s on {training.get('device')}"
+        )
+        data = training.get("data") or {}
+        if data.get("files"):
+            lines.append(
+                f"data:          {len(data['files'])} image(s) from {data.get('images', '?')}"
+                + (f", {len(data['val_files'])} for validation" if data.get("val_files") else "")
+            )
+        if training.get("best"):
+            best = training["best"]
+            scores = ", ".join(f"{k} {v:.4f}" for k, v in best["metrics"].items())
+            lines.append(f"best:          iteration {best['iteration']}: {scores}")
+        if training.get("fine_tuned_from"):
+            origin = training["fine_tuned_from"]
+            lines.append(f"fine-tuned:    from {origin.get('file')} ({origin.get('created')})")
+    print("\n".join(lines))
+    return 0
+
+
+# train and predict first in --help, info last.
+_COMMANDS[0:0] = [_add_train, _add_predict]
+_COMMANDS.append(_add_info)
+
+
+# ---------------------------------------------------------------------------
+# demo: napari with the synthetic sample data and the four widgets docked
+# ---------------------------------------------------------------------------
+
+
+def _add_demo(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="open napari with sample cells and the four widgets",
+        description=(
+            "Open napari with synthetic touching cells (2D, with ground truth, and a 3D\n"
+            "stack) and the Annotate cells, Weight map, Train and Predict widgets docked.\n"
+            "The ground truth is already in the training set: press 'Start training',\n"
+            "then 'Predict'. Needs napari with a Qt binding (pip install 'napari-unet[all]')."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--no-stack", action="store_true", help="open the 2D sample only")
+    parser.add_argument(
+        "--screenshot",
+        metavar="OUT.png",
+        help="save a screenshot of the window and exit instead of running napari",
+    )
+    parser.set_defaults(func=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    try:
+        import napari
+    except ImportError as err:
+        raise CommandError(
+            f"napari is not installed ({err}); install it with: pip install 'napari-unet[all]'"
+        ) from err
+    from ._widgets._demo import setup_demo
+
+    if args.screenshot and not Path(args.screenshot).resolve().parent.is_dir():
+        raise CommandError(f"--screenshot: folder {Path(args.screenshot).parent} does not exist")
+    viewer = napari.Viewer(title="napari-unet demo")
+    setup_demo(viewer, stack=not args.no_stack)
+    if args.screenshot:
+        from qtpy.QtWidgets import QApplication
+
+        viewer.window.resize(1400, 900)
+        QApplication.processEvents()
+        viewer.reset_view()
+        viewer.screenshot(args.screenshot, canvas_only=False)
+        viewer.close()
+        print(f"wrote {args.screenshot}")
+        return 0
+    napari.run()
+    return 0
+
+
+_COMMANDS.append(_add_demo)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)

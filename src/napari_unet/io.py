@@ -1,4 +1,4 @@
-"""Reading and writing files: images for the command line (and, later, models).
+"""Reading and writing files: images for the command line, and model files.
 
 Image I/O: TIFF goes through tifffile (any dtype, any number of axes, stacks);
 PNG, JPEG, BMP and GIF go through imageio (2D, uint8/uint16). Nothing here
@@ -11,7 +11,25 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["IMAGE_SUFFIXES", "list_images", "read_image", "write_image"]
+from ._modelfile import (
+    ModelFileError,
+    load_checkpoint,
+    load_model,
+    read_metadata,
+    save_model,
+)
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "ModelFileError",
+    "list_images",
+    "load_checkpoint",
+    "load_model",
+    "read_image",
+    "read_metadata",
+    "save_model",
+    "write_image",
+]
 
 # ---------------------------------------------------------------------------
 # Images (used by `napari-unet evaluate` / `predict`)
@@ -177,5 +195,8 @@ def list_images(dir_or_file: str | Path) -> list[Path]:
 
 
 # ---------------------------------------------------------------------------
-# Models (save_model / load_model): added separately.
+# Models: one safetensors file with the weights and JSON metadata; loading
+# never unpickles (see napari_unet._modelfile).
 # ---------------------------------------------------------------------------
+
+# ``save_model``, ``load_model`` and friends are imported at the top.

@@ -1,0 +1,458 @@
+"""Model files: weights in safetensors, metadata as JSON in the same file.
+
+A napari-unet model file is one ``.safetensors`` file. Its tensors are the
+model's ``state_dict`` (and, for training checkpoints, the optimiser state
+under the ``__optimizer__.`` prefix); its string header holds one key,
+``napari_unet``, whose value is a JSON document describing the architecture
+and its arguments, the classes, the input normalisation and the training
+provenance (see :func:`save_model`). One file is easy to move, and the
+safetensors format stores only numbers: loading never runs code from the file.
+
+Pickle-based PyTorch files (``torch.save``, ``.pt`` / ``.pth``) are refused,
+because unpickling can execute arbitrary code.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import struct
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as _st_load
+from safetensors.torch import save as _st_save
+from torch import nn
+
+from . import __version__, models
+from .models import UNet
+
+__all__ = [
+    "ARCHITECTURES",
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "ModelFileError",
+    "architecture_name",
+    "build_model",
+    "load_checkpoint",
+    "load_model",
+    "read_metadata",
+    "register_architecture",
+    "save_model",
+]
+
+FORMAT_NAME = "napari-unet-model"
+FORMAT_VERSION = 1
+_HEADER_KEY = "napari_unet"
+_OPTIMIZER_PREFIX = "__optimizer__."
+# A safetensors header is JSON; anything claiming more than this is not one of ours.
+_MAX_HEADER = 100 * 2**20
+
+#: Architecture name -> class. The class must take its :meth:`config` as keyword arguments.
+ARCHITECTURES: dict[str, type[nn.Module]] = {"unet": UNet}
+if hasattr(models, "UNetPlusPlus"):
+    ARCHITECTURES["unetplusplus"] = models.UNetPlusPlus
+
+
+class ModelFileError(ValueError):
+    """A model file cannot be read: not a napari-unet file, corrupt, unsafe or mismatched."""
+
+
+def register_architecture(name: str, cls: type[nn.Module]) -> None:
+    """Make an architecture loadable from model files.
+
+    Parameters
+    ----------
+    name : str
+        The name stored in the metadata (``"unet"``, ``"unetplusplus"``, ...).
+    cls : type
+        An ``nn.Module`` subclass with a ``config()`` method returning the
+        keyword arguments that rebuild it.
+    """
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise ValueError(f"`cls` must be an nn.Module subclass, got {cls!r}")
+    if not callable(getattr(cls, "config", None)):
+        raise ValueError(f"`cls` {cls.__name__} needs a config() method to be saved and loaded")
+    ARCHITECTURES[name] = cls
+
+
+def architecture_name(model: nn.Module) -> str:
+    """The registry name of ``model``'s class.
+
+    Raises
+    ------
+    ValueError
+        If the class is not registered (see :func:`register_architecture`).
+    """
+    for name, cls in ARCHITECTURES.items():
+        if type(model) is cls:
+            return name
+    raise ValueError(
+        f"`model` is a {type(model).__name__}, which is not a registered architecture "
+        f"({', '.join(sorted(ARCHITECTURES))}); see register_architecture()"
+    )
+
+
+def build_model(architecture: str, arguments: Mapping[str, Any]) -> nn.Module:
+    """Build an untrained model from its registry name and constructor arguments.
+
+    Raises
+    ------
+    ModelFileError
+        If the architecture is unknown or the arguments do not fit it.
+    """
+    if architecture not in ARCHITECTURES:
+        raise ModelFileError(
+            f"unknown architecture {architecture!r}; this version of napari-unet knows "
+            f"{', '.join(sorted(ARCHITECTURES))} (a newer version may be needed)"
+        )
+    try:
+        return ARCHITECTURES[architecture](**dict(arguments))
+    except (TypeError, ValueError) as err:
+        raise ModelFileError(
+            f"the arguments stored for architecture {architecture!r} are invalid: {err}"
+        ) from err
+
+
+# -- writing -----------------------------------------------------------------------------------
+
+
+def save_model(
+    model: nn.Module,
+    path: str | os.PathLike,
+    *,
+    metadata: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+    optimizer_state: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write a model and its metadata to one safetensors file, atomically.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A registered architecture (``UNet``, ...); its weights are copied to the CPU.
+    path : str or path-like
+        The file to write (``.safetensors`` is conventional but not required).
+    metadata : mapping, optional
+        JSON-serialisable extra information, merged into the stored document.
+        Conventional keys: ``classes`` (list of names), ``normalization``
+        (see :mod:`napari_unet.normalize`), ``training`` (config, data,
+        iterations, metrics). Keys that the file format owns
+        (``format``, ``format_version``, ``architecture``, ``arguments``,
+        ``package_version``) are set here and may not be given.
+    overwrite : bool, optional
+        Replace an existing file. By default an existing file is an error, so
+        user-facing code never overwrites silently.
+    optimizer_state : mapping, optional
+        An optimiser ``state_dict()`` to store as well (training checkpoints).
+
+    Returns
+    -------
+    path : Path
+        The file written.
+
+    Raises
+    ------
+    FileExistsError
+        If ``path`` exists and ``overwrite`` is False.
+    ValueError
+        If the metadata is not JSON-serialisable or uses a reserved key.
+
+    Notes
+    -----
+    The file is written to a temporary file in the same folder, flushed to
+    disk (``fsync``) and renamed over ``path`` with :func:`os.replace`, which
+    is atomic: after a crash, a cancel or Ctrl-C, ``path`` holds either the
+    previous file or the new one, never a half-written one.
+
+    The stored JSON document (header key ``napari_unet``) has the keys
+    ``format`` (``"napari-unet-model"``), ``format_version`` (1),
+    ``architecture`` (registry name), ``arguments`` (constructor arguments),
+    ``in_channels``, ``num_classes``, ``created`` (ISO 8601, UTC),
+    ``package_version``, plus everything in ``metadata``.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+    if path.is_dir():
+        raise ValueError(f"`path` {path} is a folder, expected a file name")
+    document = _document(model, metadata)
+    header = {_HEADER_KEY: json.dumps(document, sort_keys=True)}
+    if optimizer_state is not None:
+        tensors, groups = _flatten_optimizer(optimizer_state)
+        header["optimizer"] = json.dumps(groups)
+    else:
+        tensors = {}
+    for key, value in model.state_dict().items():
+        # safetensors refuses shared or non-contiguous storage: store plain copies.
+        tensors[key] = value.detach().to("cpu").contiguous().clone()
+    data = _st_save(tensors, metadata=header)
+    _atomic_write(path, data)
+    return path
+
+
+def _document(model: nn.Module, metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+    arguments = model.config()
+    document: dict[str, Any] = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "architecture": architecture_name(model),
+        "arguments": arguments,
+        "in_channels": arguments.get("in_channels"),
+        "num_classes": arguments.get("num_classes"),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "package_version": __version__,
+    }
+    reserved = {"format", "format_version", "architecture", "arguments", "package_version"}
+    for key, value in (metadata or {}).items():
+        if key in reserved:
+            raise ValueError(f"`metadata` key {key!r} is reserved: it is set from the model")
+        document[key] = value
+    try:
+        json.dumps(document)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"`metadata` must be JSON-serialisable: {err}") from err
+    return document
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    folder = path.parent if str(path.parent) else Path(".")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        # Also on KeyboardInterrupt: never leave the temporary file behind.
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    # Make the rename itself durable; not possible on every platform (Windows).
+    try:
+        dir_fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
+
+
+def _flatten_optimizer(state: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], list]:
+    tensors: dict[str, torch.Tensor] = {}
+    for index, per_param in state["state"].items():
+        for key, value in per_param.items():
+            tensor = value if torch.is_tensor(value) else torch.tensor(value)
+            tensors[f"{_OPTIMIZER_PREFIX}{index}.{key}"] = tensor.detach().cpu().contiguous()
+    return tensors, list(state["param_groups"])
+
+
+# -- reading -----------------------------------------------------------------------------------
+
+_PICKLE_HINT = (
+    "it looks like a pickle-based PyTorch file (torch.save / .pt / .pth). napari-unet refuses "
+    "to load those because unpickling can run arbitrary code from the file. Load it yourself "
+    "only if you trust its source, then save it with napari_unet.io.save_model()"
+)
+
+
+def _read_header(path: Path) -> tuple[dict[str, str], bytes]:
+    """Check the file is a complete safetensors file; return its string header and bytes."""
+    if not path.exists():
+        raise FileNotFoundError(f"model file {path} does not exist")
+    if path.is_dir():
+        raise ModelFileError(f"{path} is a folder, not a model file")
+    data = path.read_bytes()
+    if data[:2] == b"PK" or data[:1] == b"\x80":
+        # Zip archive (torch.save since 1.6) or a raw pickle stream (protocol 2+).
+        raise ModelFileError(f"{path} is not a napari-unet model file: {_PICKLE_HINT}")
+    if len(data) < 8:
+        raise ModelFileError(f"{path} is not a model file: too short ({len(data)} bytes)")
+    (size,) = struct.unpack("<Q", data[:8])
+    if size > _MAX_HEADER or data[8:9] != b"{":
+        raise ModelFileError(
+            f"{path} is not a napari-unet model file (no safetensors header); "
+            "expected a .safetensors file written by napari-unet"
+        )
+    if 8 + size > len(data):
+        raise ModelFileError(
+            f"{path} is truncated: its header needs {8 + size} bytes, the file has {len(data)}"
+        )
+    try:
+        header = json.loads(data[8 : 8 + size])
+    except ValueError as err:
+        raise ModelFileError(f"{path} is corrupt: its header is not valid JSON ({err})") from err
+    if not isinstance(header, dict):
+        raise ModelFileError(f"{path} is corrupt: its header is not a JSON object")
+    # Every tensor's byte range must lie inside the file, or the file was cut short.
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    if 8 + size + end > len(data):
+        raise ModelFileError(
+            f"{path} is truncated: it should have {8 + size + end} bytes, it has {len(data)} "
+            "(an interrupted copy or download?)"
+        )
+    return header.get("__metadata__") or {}, data
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON metadata of a model file, without building the model.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file does not exist.
+    ModelFileError
+        If it is not a napari-unet model file.
+    """
+    path = Path(path)
+    header, _ = _read_header(path)
+    return _parse_document(path, header)
+
+
+def _parse_document(path: Path, header: Mapping[str, str]) -> dict[str, Any]:
+    if _HEADER_KEY not in header:
+        raise ModelFileError(
+            f"{path} is a safetensors file but not a napari-unet model: it has no "
+            f"{_HEADER_KEY!r} metadata (architecture, classes, normalisation)"
+        )
+    try:
+        document = json.loads(header[_HEADER_KEY])
+    except ValueError as err:
+        raise ModelFileError(f"{path} is corrupt: its metadata is not valid JSON ({err})") from err
+    if not isinstance(document, dict) or document.get("format") != FORMAT_NAME:
+        raise ModelFileError(f"{path} is not a napari-unet model file (wrong format tag)")
+    version = document.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ModelFileError(
+            f"{path} has format version {version!r}; this napari-unet reads up to "
+            f"{FORMAT_VERSION} (upgrade napari-unet)"
+        )
+    for key in ("architecture", "arguments"):
+        if key not in document:
+            raise ModelFileError(f"{path} is corrupt: its metadata lacks {key!r}")
+    return document
+
+
+def load_checkpoint(
+    path: str | os.PathLike, *, device: str | torch.device | None = "cpu"
+) -> tuple[nn.Module, dict[str, Any], dict[str, Any] | None]:
+    """Load a model file together with its optimiser state, if it has one.
+
+    Returns
+    -------
+    model : nn.Module
+        In eval mode, on ``device``.
+    metadata : dict
+        The stored JSON document.
+    optimizer_state : dict or None
+        An optimiser ``state_dict()`` (tensors on the CPU), or None.
+
+    See Also
+    --------
+    load_model
+    """
+    path = Path(path)
+    header, data = _read_header(path)
+    document = _parse_document(path, header)
+    try:
+        tensors = _st_load(data)
+    except SafetensorError as err:
+        raise ModelFileError(f"{path} is corrupt: {err}") from err
+    model = build_model(document["architecture"], document["arguments"])
+    weights = {k: v for k, v in tensors.items() if not k.startswith(_OPTIMIZER_PREFIX)}
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    wrong = [
+        f"{k} {tuple(weights[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in weights and weights[k].shape != v.shape
+    ]
+    if missing or unexpected or wrong:
+        details = "; ".join(
+            part
+            for part in (
+                f"missing {', '.join(missing[:3])}" if missing else "",
+                f"unexpected {', '.join(unexpected[:3])}" if unexpected else "",
+                f"wrong shape {', '.join(wrong[:3])}" if wrong else "",
+            )
+            if part
+        )
+        raise ModelFileError(
+            f"{path}: the weights do not match the stored architecture "
+            f"{document['architecture']!r} {document['arguments']}: {details}"
+        )
+    model.load_state_dict(weights, strict=True)
+    model.eval()
+    if device is not None:
+        model.to(device)
+    optimizer_state = None
+    if "optimizer" in header:
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        for key, value in tensors.items():
+            if key.startswith(_OPTIMIZER_PREFIX):
+                index, name = key[len(_OPTIMIZER_PREFIX) :].split(".", 1)
+                state.setdefault(int(index), {})[name] = value
+        try:
+            groups = json.loads(header["optimizer"])
+        except ValueError as err:
+            raise ModelFileError(f"{path} is corrupt: bad optimiser state ({err})") from err
+        # Tensors come back in name order ("10" before "2"): restore the index order.
+        optimizer_state = {"state": dict(sorted(state.items())), "param_groups": groups}
+    return model, document, optimizer_state
+
+
+def load_model(
+    path: str | os.PathLike, *, device: str | torch.device | None = "cpu"
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Load a model file written by :func:`save_model`.
+
+    Parameters
+    ----------
+    path : str or path-like
+        A napari-unet ``.safetensors`` model file.
+    device : str or torch.device, optional
+        Where to put the model; None leaves it on the CPU.
+
+    Returns
+    -------
+    model : nn.Module
+        The rebuilt architecture with the stored weights, in eval mode.
+    metadata : dict
+        The stored JSON document (architecture, arguments, classes,
+        normalisation, training provenance, ...).
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    ModelFileError
+        (a ``ValueError``) if the file is pickle-based (refused: unpickling
+        can run code), not a napari-unet file, truncated, corrupt, of an
+        unknown architecture, or its weights do not fit the architecture.
+
+    Notes
+    -----
+    Only the safetensors format is read; ``torch.load`` is never called, so
+    nothing in the file is executed.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> from napari_unet.models import UNet
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "tiny.safetensors"
+    >>> _ = save_model(UNet(depth=1, base_channels=2), path, metadata={"classes": ["bg", "fg"]})
+    >>> model, meta = load_model(path)
+    >>> meta["architecture"], meta["classes"]
+    ('unet', ['bg', 'fg'])
+    """
+    model, document, _ = load_checkpoint(path, device=device)
+    return model, document
