@@ -202,8 +202,17 @@ def test_multichannel_model_rejects_wrong_channel_count():
     net = UNet(in_channels=3, depth=1, base_channels=2)
     with pytest.raises(ValueError, match=r"shape \(2, 8, 8\), expected \(3, Y, X\)"):
         predict_tiled(net, np.zeros((2, 8, 8)))
-    with pytest.raises(ValueError, match=r"`channel_axis` 3 points at a spatial axis"):
+    with pytest.raises(ValueError, match=r"has 8 channel\(s\) along `channel_axis` 3"):
         predict_stack(net, np.zeros((2, 3, 8, 8)), channel_axis=3)
+
+
+def test_channel_axis_may_be_last_as_in_rgb_images():
+    torch.manual_seed(4)
+    net = UNet(in_channels=3, depth=1, base_channels=2, dropout=0.0).eval()
+    rgb = np.random.default_rng(8).normal(size=(30, 40, 3)).astype(np.float32)
+    probs = predict_stack(net, rgb, channel_axis=-1)
+    assert probs.shape == (2, 30, 40)
+    np.testing.assert_allclose(probs, predict_tiled(net, np.moveaxis(rgb, -1, 0)), atol=1e-6)
 
 
 def test_automatic_tiles_are_valid_tight_and_fit_the_budget():
@@ -217,6 +226,20 @@ def test_automatic_tiles_are_valid_tight_and_fit_the_budget():
     # An image smaller than a tile gets the smallest tile that covers it.
     tiny = choose_tile_shape(net, (30, 40), "cpu")
     assert net.output_shape(tiny)[0] >= 30 and tiny[0] == net.valid_input_shape((32, 32))[0]
+
+
+def test_tile_budget_uses_the_models_own_activation_footprint():
+    from napari_unet.models import UNetPlusPlus
+
+    plus = UNetPlusPlus(base_channels=32)
+    net = UNet(base_channels=32, padding="same")
+    budget = 512 * 2**20
+    side_plus = choose_tile_shape(plus, (4096, 4096), "cpu", memory_budget=budget)[0]
+    side_net = choose_tile_shape(net, (4096, 4096), "cpu", memory_budget=budget)[0]
+    # U-Net++ keeps more activations per pixel, so it gets smaller tiles.
+    assert side_plus < side_net
+    floats = plus.floats_per_pixel_per_base_channel
+    assert 4 * floats * 32 * side_plus**2 <= budget
 
 
 def test_input_image_is_not_modified(valid_net):

@@ -61,8 +61,10 @@ def test_bad_input_is_refused_before_anything_runs():
     net = UNet(in_channels=2, depth=1, base_channels=2)
     with pytest.raises(ValueError, match="has 3 channel"):
         predict_dask(net, da.zeros((3, 40, 40)), channel_axis=0)
-    with pytest.raises(ValueError, match="`channel_axis` 2 must point at a non-spatial axis"):
+    with pytest.raises(ValueError, match="has 40 channel"):
         predict_dask(net, da.zeros((2, 40, 40)), channel_axis=2)
+    with pytest.raises(ValueError, match="`channel_axis` 5 is not an axis"):
+        predict_dask(net, da.zeros((2, 40, 40)), channel_axis=5)
     with pytest.raises(ValueError, match="dtype"):
         predict_dask(net, da.from_array(np.array([["a"]])))
 

@@ -313,8 +313,19 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
         If it is not a napari-unet model file.
     """
     path = Path(path)
+    if _is_package(path):
+        from .export import read_bioimageio_metadata
+
+        return read_bioimageio_metadata(path)
     header, _ = _read_header(path)
     return _parse_document(path, header)
+
+
+def _is_package(path: Path) -> bool:
+    """A bioimage.io package (folder or zip with rdf.yaml), read by :mod:`napari_unet.export`."""
+    from .export import is_bioimageio_package
+
+    return is_bioimageio_package(path)
 
 
 def _parse_document(path: Path, header: Mapping[str, str]) -> dict[str, Any]:
@@ -418,7 +429,9 @@ def load_model(
     Parameters
     ----------
     path : str or path-like
-        A napari-unet ``.safetensors`` model file.
+        A napari-unet ``.safetensors`` model file, or a bioimage.io model
+        package (folder or ``.zip`` with ``rdf.yaml``) exported by napari-unet
+        (see :func:`napari_unet.export.load_bioimageio`).
     device : str or torch.device, optional
         Where to put the model; None leaves it on the CPU.
 
@@ -442,7 +455,9 @@ def load_model(
     Notes
     -----
     Only the safetensors format is read; ``torch.load`` is never called, so
-    nothing in the file is executed.
+    nothing in the file is executed. (For a bioimage.io package without its
+    ``model.safetensors`` attachment, the state dict is read with
+    ``torch.load(weights_only=True)``, which loads tensors only.)
 
     Examples
     --------
@@ -454,5 +469,10 @@ def load_model(
     >>> meta["architecture"], meta["classes"]
     ('unet', ['bg', 'fg'])
     """
+    if _is_package(Path(path)):
+        # Checked first: a zip package would otherwise be refused as a torch.save archive.
+        from .export import load_bioimageio
+
+        return load_bioimageio(path, device=device)
     model, document, _ = load_checkpoint(path, device=device)
     return model, document

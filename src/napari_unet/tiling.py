@@ -199,10 +199,12 @@ def predict_stack(
     model : torch.nn.Module
         A 2D model, as for :func:`predict_tiled`.
     data : ndarray, shape (..., Y, X) with an optional channel axis
-        Planes are the last two axes. Any number of leading axes (Z, T, ...).
+        Planes are the last two axes other than the channel axis, so RGB
+        images (Y, X, 3) and (Z, C, Y, X) stacks both work. Any number of
+        leading axes (Z, T, ...).
     channel_axis : int, optional
-        Axis of ``data`` that holds the channels (``model.in_channels`` long).
-        ``None`` means the data has one channel and no channel axis.
+        Axis of ``data`` that holds the channels (``model.in_channels`` long),
+        anywhere, including last. ``None``: one channel and no channel axis.
     progress, cancel : callable, optional
         As for :func:`predict_tiled`; ``total`` counts tiles of all planes.
     **kwargs
@@ -235,13 +237,18 @@ def iter_predict_stack(
             raise ValueError(
                 f"`channel_axis` {channel_axis} is out of range for data of shape {data.shape}"
             )
-        channel_axis %= data.ndim
-        if channel_axis >= data.ndim - 2:
+        if data.ndim < 3:
             raise ValueError(
-                f"`channel_axis` {channel_axis} points at a spatial axis of data of shape "
-                f"{data.shape}; the last two axes must be (Y, X)"
+                f"`data` has shape {data.shape}; with a `channel_axis` it needs at least "
+                "3 axes (channels, Y, X in any order)"
             )
         data = np.moveaxis(data, channel_axis, -3)
+        if data.shape[-3] != model.in_channels:
+            raise ValueError(
+                f"`data` of shape {np.moveaxis(data, -3, channel_axis).shape} has "
+                f"{data.shape[-3]} channel(s) along `channel_axis` {channel_axis}, but the "
+                f"model expects {model.in_channels}"
+            )
         leading = data.shape[:-3]
         planes = data.reshape(-1, *data.shape[-3:])
     else:
@@ -295,7 +302,8 @@ def predict_dask(
         accepts. Planes are the last two axes; leading axes (Z, T, ...) keep
         their chunks.
     channel_axis : int, optional
-        Axis holding ``model.in_channels`` channels; ``None`` for one channel.
+        Axis holding ``model.in_channels`` channels (anywhere; the planes are
+        the last two other axes); ``None`` for one channel.
     tile_shape, batch_size, device
         As for :func:`predict_tiled`, per chunk. ``device`` is resolved on the
         worker that computes the chunk.
@@ -333,10 +341,10 @@ def predict_dask(
             raise ValueError(f"`array` has shape {arr.shape}; expected (..., Y, X)")
         arr = arr[..., np.newaxis, :, :]
     else:
-        if not -arr.ndim <= channel_axis < arr.ndim or channel_axis % arr.ndim >= arr.ndim - 2:
+        if not -arr.ndim <= channel_axis < arr.ndim or arr.ndim < 3:
             raise ValueError(
-                f"`channel_axis` {channel_axis} must point at a non-spatial axis of an array "
-                f"of shape {arr.shape}; the last two axes are (Y, X)"
+                f"`channel_axis` {channel_axis} is not an axis of an array of shape "
+                f"{arr.shape} with channels, Y and X"
             )
         arr = da.moveaxis(arr, channel_axis, -3)
     if arr.shape[-3] != model.in_channels:
@@ -484,7 +492,12 @@ def choose_tile_shape(
     dev = select_device(device)
     if memory_budget is None:
         memory_budget = _default_budget(dev)
-    bytes_per_pixel = 4 * _FLOATS_PER_PIXEL_PER_BASE_CHANNEL * getattr(model, "base_channels", 64)
+    # Models may state their own activation footprint (U-Net++ keeps every
+    # node of a level alive: 14.5 floats per pixel and base channel at depth 4).
+    floats = getattr(
+        model, "floats_per_pixel_per_base_channel", _FLOATS_PER_PIXEL_PER_BASE_CHANNEL
+    )
+    bytes_per_pixel = 4 * floats * getattr(model, "base_channels", 64)
     side = int(math.sqrt(max(memory_budget, 1) / bytes_per_pixel))
     cap = _largest_valid_at_most(model, max(min(side, _MAX_TILE), 1))
     return tuple(_tight_tile(model, size, cap) for size in image_shape)  # type: ignore[return-value]

@@ -1,0 +1,136 @@
+"""Small helpers that translate between napari layers and the core's arrays.
+
+napari keeps channels either as an RGB(A) last axis (``layer.rgb``) or, after
+``channel_axis=`` on opening, as separate layers; a single layer can also
+hold a channel axis that only the user knows about. The widgets therefore
+let the user name the channel axis, and these helpers drop it from shapes,
+scales and translations so that new layers line up with the image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "RGB",
+    "channel_axis_choices",
+    "connect_while_alive",
+    "current_plane",
+    "layers_of",
+    "resolve_channel_axis",
+    "spatial_transform",
+    "unique_name",
+]
+
+#: Choice value meaning "the RGB(A) last axis of an rgb image layer".
+RGB = "rgb"
+
+
+def layers_of(viewer: Any, kind: type) -> list[tuple[str, Any]]:
+    """``(name, layer)`` choices of one layer type, top layer first."""
+    return [(layer.name, layer) for layer in reversed(viewer.layers) if isinstance(layer, kind)]
+
+
+def unique_name(viewer: Any, base: str) -> str:
+    """``base``, or ``base (2)``, ``base (3)``, ... if that name is taken."""
+    names = {layer.name for layer in viewer.layers}
+    if base not in names:
+        return base
+    number = 2
+    while f"{base} ({number})" in names:
+        number += 1
+    return f"{base} ({number})"
+
+
+def channel_axis_choices(layer: Any) -> list[tuple[str, Any]]:
+    """Channel-axis options for an image layer: none, RGB, or one of its leading axes."""
+    if layer is None:
+        return [("none (one channel)", None)]
+    if getattr(layer, "rgb", False):
+        return [(f"RGB ({layer.data.shape[-1]} channels)", RGB)]
+    choices: list[tuple[str, Any]] = [("none (one channel)", None)]
+    shape = layer.data.shape
+    for axis in range(len(shape) - 2):
+        choices.append((f"axis {axis} ({shape[axis]} channels)", axis))
+    return choices
+
+
+def resolve_channel_axis(layer: Any, choice: Any) -> int | None:
+    """The axis of ``layer.data`` that holds channels, or None."""
+    if choice == RGB or getattr(layer, "rgb", False):
+        return layer.data.ndim - 1
+    return None if choice is None else int(choice)
+
+
+def spatial_transform(layer: Any, channel_axis: int | None) -> dict[str, tuple[float, ...]]:
+    """``scale`` and ``translate`` for a layer aligned with ``layer`` minus its channel axis.
+
+    For an RGB layer napari's scale already has no entry for the colour
+    axis; for a user-chosen channel axis the entry is dropped.
+    """
+    scale = tuple(float(s) for s in layer.scale)
+    translate = tuple(float(t) for t in layer.translate)
+    if channel_axis is not None and not getattr(layer, "rgb", False) and len(scale) > 2:
+        scale = scale[:channel_axis] + scale[channel_axis + 1 :]
+        translate = translate[:channel_axis] + translate[channel_axis + 1 :]
+    return {"scale": scale, "translate": translate}
+
+
+def spatial_shape(layer: Any, channel_axis: int | None) -> tuple[int, ...]:
+    """Shape of ``layer.data`` without its channel axis."""
+    shape = tuple(int(s) for s in layer.data.shape)
+    if channel_axis is None:
+        return shape
+    return shape[:channel_axis] + shape[channel_axis + 1 :]
+
+
+def current_plane(viewer: Any, layer: Any) -> tuple[int, ...]:
+    """Index along the leading axes of ``layer`` of the plane the viewer shows.
+
+    Uses the public world-to-data transform, so layers with their own scale
+    or translation (a stack with 2 µm between planes) map correctly.
+    """
+    ndim = layer.ndim
+    if ndim <= 2:
+        return ()
+    point = np.asarray(viewer.dims.point)[-ndim:]
+    data = np.asarray(layer.world_to_data(point))
+    shape = layer.data.shape
+    return tuple(int(np.clip(np.round(data[i]), 0, shape[i] - 1)) for i in range(ndim - 2))
+
+
+def connect_while_alive(
+    signal: Any, callback: Callable[..., Any], alive: Callable[[], bool]
+) -> Callable[..., Any]:
+    """Connect ``callback`` to a napari/psygnal signal, skipping calls once ``alive()`` is False.
+
+    Widgets outlive their Qt widgets by a little when a dock is closed; the
+    guard keeps late events from touching deleted Qt objects.
+    """
+
+    def guarded(*args: Any) -> None:
+        if alive():
+            callback(*args)
+
+    signal.connect(guarded)
+    return guarded
+
+
+def to_world_vertices(shapes_layer: Any, target_layer: Any, vertices: np.ndarray) -> np.ndarray:
+    """Vertices of a shape in ``shapes_layer`` data coordinates -> ``target_layer`` data coords."""
+    world = np.array([shapes_layer.data_to_world(v) for v in vertices])
+    return np.array([target_layer.world_to_data(w) for w in world])
+
+
+def rectangles_for(shapes_layer: Any, target_layer: Any) -> Sequence[np.ndarray]:
+    """All shapes of ``shapes_layer`` as vertex arrays in ``target_layer`` pixel coordinates."""
+    out = []
+    for vertices in shapes_layer.data:
+        converted = to_world_vertices(shapes_layer, target_layer, np.asarray(vertices))
+        if shapes_layer.ndim < target_layer.ndim:
+            converted = converted[:, -2:]  # a 2D region applies to every plane
+        out.append(converted)
+    return out

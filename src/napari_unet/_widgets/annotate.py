@@ -1,0 +1,363 @@
+"""The "Annotate cells" dock widget: paint cells, mark finished regions, build a training set."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    Label,
+    PushButton,
+    Select,
+    SpinBox,
+)
+from napari.layers import Image, Labels, Shapes
+from napari.utils.notifications import show_error, show_info, show_warning
+
+from .. import annotation
+from ._layers import (
+    channel_axis_choices,
+    current_plane,
+    layers_of,
+    rectangles_for,
+    resolve_channel_axis,
+    spatial_shape,
+    spatial_transform,
+    unique_name,
+)
+from ._session import TrainingEntry, session_for
+from ._ui import ScrollDock, heading
+
+if TYPE_CHECKING:
+    import napari
+
+__all__ = ["AnnotateWidget"]
+
+#: Key that gives the selected labels layer a fresh cell id (napari's own "M" does too,
+#: but complains when the current id is unused; "N" simply moves on).
+NEW_CELL_KEY = "n"
+
+
+class AnnotateWidget(ScrollDock):
+    """Paint cell instances on an image and collect them into the training set.
+
+    Parameters
+    ----------
+    viewer : napari.viewer.Viewer
+        The viewer whose layers are annotated; its session's training set is
+        shared with the Train widget.
+    """
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        super().__init__()
+        self._viewer = viewer
+        self._session = session_for(viewer)
+        self._alive = True
+        self._auto_layers: set[int] = set()
+
+        self._image = ComboBox(label="image", choices=self._image_choices)
+        self._channel_axis = ComboBox(label="channels", choices=self._channel_choices)
+        self._labels = ComboBox(label="cell labels", choices=self._labels_choices)
+        self._new_labels = PushButton(text="New cell labels layer")
+        self._brush = SpinBox(label="brush size", min=1, max=200, value=5)
+        self._auto_new_id = CheckBox(text="new cell id after every stroke", value=False)
+        self._hint = Label(
+            value=f"Paint one cell, press <b>{NEW_CELL_KEY.upper()}</b> for the next id."
+        )
+        self._regions = ComboBox(
+            label="finished regions", choices=self._regions_choices, nullable=True
+        )
+        self._new_regions = PushButton(text="New region layer (draw rectangles)")
+        self._min_size = SpinBox(label="min fragment (px)", min=0, max=100000, value=10)
+        self._current_only = CheckBox(text="current plane only", value=False)
+        self._fill = PushButton(text="Fill holes")
+        self._fragments = PushButton(text="Remove fragments")
+        self._relabel = PushButton(text="Relabel 1..N")
+        self._add = PushButton(text="Add to training set")
+        self._entries = Select(label="training set", choices=self._entry_choices)
+        self._remove = PushButton(text="Remove selected")
+        self._clear = PushButton(text="Clear")
+        self._summary = Label(value="")
+
+        tidy = Container(
+            widgets=[self._fill, self._fragments, self._relabel], layout="horizontal", labels=False
+        )
+        edit = Container(widgets=[self._remove, self._clear], layout="horizontal", labels=False)
+        self.set_content(
+            [
+                heading("1. Image and cell labels"),
+                self._image,
+                self._channel_axis,
+                self._labels,
+                self._new_labels,
+                self._brush,
+                self._auto_new_id,
+                self._hint,
+                heading("2. Where annotation is complete (optional)"),
+                self._regions,
+                self._new_regions,
+                heading("3. Tidy up"),
+                self._min_size,
+                self._current_only,
+                tidy,
+                heading("4. Training set"),
+                self._add,
+                self._entries,
+                edit,
+                self._summary,
+            ]
+        )
+        self._entries.native.setMinimumHeight(80)
+        self._entries.native.setMaximumHeight(160)
+        self._image.changed.connect(self._on_image_changed)
+        self._labels.changed.connect(self._on_labels_changed)
+        self._brush.changed.connect(self._on_brush_changed)
+        self._new_labels.changed.connect(self.create_labels_layer)
+        self._new_regions.changed.connect(self.create_regions_layer)
+        self._fill.changed.connect(lambda: self.tidy("fill"))
+        self._fragments.changed.connect(lambda: self.tidy("fragments"))
+        self._relabel.changed.connect(lambda: self.tidy("relabel"))
+        self._add.changed.connect(self.add_to_training_set)
+        self._remove.changed.connect(self._remove_selected)
+        self._clear.changed.connect(self._session.training_set.clear)
+        self._session.training_set.changed.connect(self._refresh_entries)
+        # Layer lists change while the dock is open; napari also does this for docked widgets.
+        for event in (
+            viewer.layers.events.inserted,
+            viewer.layers.events.removed,
+            viewer.layers.events.renamed,
+        ):
+            event.connect(self._on_layers_changed)
+        self.native.destroyed.connect(self._on_destroyed)
+        self._on_image_changed()
+        self._refresh_entries()
+
+    # -- choices -------------------------------------------------------------------------------
+
+    def _image_choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
+        return layers_of(self._viewer, Image)
+
+    def _labels_choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
+        return layers_of(self._viewer, Labels)
+
+    def _regions_choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
+        return layers_of(self._viewer, Shapes)
+
+    def _channel_choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
+        return channel_axis_choices(self._image.value if hasattr(self, "_image") else None)
+
+    def _entry_choices(self, _widget: Any = None) -> list[tuple[str, int]]:
+        return [
+            (f"{i + 1}. {entry.describe()}", i)
+            for i, entry in enumerate(self._session.training_set)
+        ]
+
+    def _on_layers_changed(self, event: Any = None) -> None:
+        if self._alive:
+            self.reset_choices()
+
+    def _on_destroyed(self, *_: Any) -> None:
+        self._alive = False
+
+    def _on_image_changed(self, *_: Any) -> None:
+        self._channel_axis.reset_choices()
+        image = self._image.value
+        if image is None:
+            return
+        # Pick the labels layer that fits the image, preferring one named after it.
+        shape = spatial_shape(image, resolve_channel_axis(image, self._channel_axis.value))
+        fitting = [
+            layer for _, layer in self._labels_choices() if tuple(layer.data.shape) == shape
+        ]
+        if fitting and self._labels.value not in fitting:
+            named = [layer for layer in fitting if layer.name.startswith(image.name)]
+            self._labels.value = (named or fitting)[0]
+
+    def _on_labels_changed(self, *_: Any) -> None:
+        layer = self._labels.value
+        if layer is not None:
+            self._prepare_labels_layer(layer, set_mode=False)
+
+    def _on_brush_changed(self, value: int) -> None:
+        layer = self._labels.value
+        if layer is not None:
+            layer.brush_size = value
+
+    # -- actions -------------------------------------------------------------------------------
+
+    def create_labels_layer(self) -> Labels | None:
+        """Add an empty instance Labels layer matching the chosen image ("<image> cells")."""
+        image = self._image.value
+        if image is None:
+            show_error("Annotate cells: open an image first (File > Open, or a sample).")
+            return None
+        axis = resolve_channel_axis(image, self._channel_axis.value)
+        shape = spatial_shape(image, axis)
+        data = np.zeros(shape, dtype=np.int32)
+        layer = self._viewer.add_labels(
+            data,
+            name=unique_name(self._viewer, f"{image.name} cells"),
+            **spatial_transform(image, axis),
+        )
+        # A brush of about 1/64 of the image side suits cells of a few tens of pixels.
+        self._brush.value = int(np.clip(min(shape[-2:]) // 64, 3, 20))
+        self._labels.value = layer
+        self._prepare_labels_layer(layer, set_mode=True)
+        return layer
+
+    def _prepare_labels_layer(self, layer: Labels, *, set_mode: bool) -> None:
+        """Paint mode, brush size, the new-cell key and the auto-new-id hook."""
+        if set_mode:
+            layer.mode = "paint"
+            layer.selected_label = annotation.next_label(layer.data)
+            self._viewer.layers.selection.active = layer
+        layer.brush_size = self._brush.value
+
+        def new_cell(target: Labels) -> None:
+            target.selected_label = annotation.next_label(target.data)
+
+        layer.bind_key(NEW_CELL_KEY, new_cell, overwrite=True)
+        if id(layer) not in self._auto_layers:
+            self._auto_layers.add(id(layer))
+            layer.events.paint.connect(self._on_paint)
+
+    def _on_paint(self, event: Any) -> None:
+        if not self._alive or not self._auto_new_id.value:
+            return
+        layer = event.source
+        if layer.mode == "erase":
+            return
+        # One stroke = one cell: move on to an id that is not used yet.
+        layer.selected_label = max(int(layer.selected_label) + 1, 1)
+        if layer.selected_label <= int(np.max(layer.data)):
+            layer.selected_label = annotation.next_label(layer.data)
+
+    def create_regions_layer(self) -> Shapes | None:
+        """Add a Shapes layer for rectangles that mark fully annotated regions."""
+        labels = self._labels.value or self._image.value
+        if labels is None:
+            show_error("Annotate cells: choose an image or a labels layer first.")
+            return None
+        base = labels.name.removesuffix(" cells")
+        layer = self._viewer.add_shapes(
+            name=unique_name(self._viewer, f"{base} finished regions"),
+            ndim=labels.ndim,  # napari's ndim leaves out an RGB colour axis
+            face_color="transparent",
+            edge_color="yellow",
+            edge_width=2,
+            scale=labels.scale,
+            translate=labels.translate,
+        )
+        layer.mode = "add_rectangle"
+        self._regions.value = layer
+        show_info(
+            "Draw rectangles around regions where every cell is painted; the rest of the "
+            "image is ignored in training."
+        )
+        return layer
+
+    def tidy(self, action: str) -> None:
+        """Apply a tidy-up action ("fill", "fragments" or "relabel") to the labels layer."""
+        layer = self._labels.value
+        if layer is None:
+            show_error("Annotate cells: choose a cell labels layer to tidy up.")
+            return
+        data = np.asarray(layer.data)
+        functions = {
+            "fill": annotation.fill_holes,
+            "fragments": lambda a: annotation.remove_small_fragments(
+                a, min_size=self._min_size.value
+            ),
+            "relabel": annotation.relabel,
+        }
+        if self._current_only.value and data.ndim > 2:
+            plane = current_plane(self._viewer, layer)
+            out = data.copy()
+            result = functions[action](data[plane])
+            if action == "relabel":
+                # Keep ids unique in the stack: renumber above the other planes' ids.
+                others = data.copy()
+                others[plane] = 0
+                result = np.where(result > 0, result + int(others.max()), 0)
+            out[plane] = result
+        else:
+            out = functions[action](data)
+        layer.data = out.astype(data.dtype, copy=False)
+
+    def add_to_training_set(self) -> int:
+        """Copy the annotated planes of the chosen layers into the training set.
+
+        Returns
+        -------
+        added : int
+            Planes added or replaced (0 if nothing was annotated).
+        """
+        image, labels = self._image.value, self._labels.value
+        if image is None or labels is None:
+            show_error("Annotate cells: choose both an image and its cell labels layer.")
+            return 0
+        axis = resolve_channel_axis(image, self._channel_axis.value)
+        shape = spatial_shape(image, axis)
+        if tuple(labels.data.shape) != shape:
+            show_error(
+                f"Annotate cells: '{labels.name}' has shape {tuple(labels.data.shape)}, but "
+                f"'{image.name}' without its channel axis has shape {shape}. Choose the "
+                "matching layers (or the right channel axis)."
+            )
+            return 0
+        mask = None
+        regions = self._regions.value
+        if regions is not None and len(regions.data):
+            mask = annotation.rectangles_to_mask(rectangles_for(regions, labels), shape)
+        elif regions is not None:
+            show_warning(
+                f"'{regions.name}' has no rectangles: the whole image counts as annotated."
+            )
+        planes = None
+        if self._current_only.value and len(shape) > 2:
+            planes = [current_plane(self._viewer, labels)]
+        try:
+            found = annotation.collect_planes(
+                image.data, labels.data, mask, channel_axis=axis, planes=planes
+            )
+        except ValueError as err:
+            show_error(f"Annotate cells: {err}")
+            return 0
+        if not found:
+            where = "inside the finished regions" if mask is not None else "yet"
+            show_error(
+                f"Annotate cells: no annotated plane in '{labels.name}' {where}: paint at "
+                "least one cell (or draw a finished region)."
+            )
+            return 0
+        entries = [
+            TrainingEntry(image.name, labels.name, p.index, p.image, p.labels, p.mask, p.n_cells)
+            for p in found
+        ]
+        existing = {e.channels for e in self._session.training_set}
+        if existing and existing != {entries[0].channels}:
+            show_error(
+                f"Annotate cells: '{image.name}' has {entries[0].channels} channel(s), the "
+                f"training set has {existing.pop()}; one model needs one channel count."
+            )
+            return 0
+        added, replaced = self._session.training_set.add(entries)
+        show_info(
+            f"Training set: {added} plane(s) added, {replaced} updated "
+            f"({sum(e.n_cells for e in entries)} cells)."
+        )
+        return added + replaced
+
+    def _remove_selected(self) -> None:
+        positions = list(self._entries.value or [])
+        if positions:
+            self._session.training_set.remove(positions)
+
+    def _refresh_entries(self) -> None:
+        if not self._alive:
+            return
+        self._entries.reset_choices()
+        self._summary.value = f"Training set: {self._session.training_set.summary()}"

@@ -1,0 +1,442 @@
+"""The "Predict" dock widget: segment an image, stack or time series with a model file."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Generator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    ProgressBar,
+    PushButton,
+    SpinBox,
+)
+from napari.layers import Image
+from napari.qt import thread_worker
+from napari.utils.notifications import show_error, show_info
+
+from ..progress import Progress
+from ._layers import (
+    channel_axis_choices,
+    layers_of,
+    resolve_channel_axis,
+    spatial_shape,
+    spatial_transform,
+    unique_name,
+)
+from ._lifetime import report_error, watch_close
+from ._session import session_for
+from ._ui import ScrollDock
+
+if TYPE_CHECKING:
+    import napari
+
+__all__ = ["PredictWidget", "predict_job"]
+
+_FROM_FILE = "__file__"
+# Share of the progress bar for the network; the rest is labelling the planes.
+_NETWORK_SHARE = 0.9
+
+
+def predict_job(
+    model_path: Path,
+    data: Any,
+    *,
+    channel_axis: int | None,
+    tile: int | None,
+    tta: bool,
+    threshold: float,
+    device: str,
+    keep_probabilities: bool,
+) -> Generator[Progress, None, tuple[np.ndarray, np.ndarray | None]]:
+    """Model file + image -> (labels, probabilities), yielding progress often.
+
+    The same steps as ``napari-unet predict``: the model file's stored
+    normalisation, exact tiled prediction plane by plane, then instance
+    labels per plane (ids unique over the whole stack).
+
+    Parameters
+    ----------
+    model_path : Path
+        A napari-unet model file.
+    data : array-like
+        (..., Y, X) with an optional channel axis; read here (in the worker),
+        so lazy arrays do not block the GUI.
+    channel_axis : int or None
+        Axis of ``data`` with the channels.
+    tile : int or None
+        Input tile side; None picks one automatically.
+    tta : bool
+        Test-time augmentation (8 rotations and flips).
+    threshold : float
+        Foreground threshold of :func:`~napari_unet.postprocess.probabilities_to_labels`.
+    device : str
+        ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"mps"``.
+    keep_probabilities : bool
+        Return the probabilities as well (else None, freeing the memory).
+
+    Returns
+    -------
+    labels : ndarray of uint32, shape of ``data`` without the channel axis
+    probabilities : ndarray of float32 (classes first) or None
+    """
+    from .._modelfile import load_model
+    from ..normalize import Normalization
+    from ..postprocess import probabilities_to_labels
+    from ..tiling import iter_predict_stack
+
+    model, meta = load_model(model_path, device=None)
+    yield Progress(0, 1, "load")
+    data = np.asarray(data)
+    if channel_axis is not None and channel_axis >= data.ndim - 2:
+        # Channels last (RGB): the tiling wants them before (Y, X).
+        data = np.moveaxis(data, channel_axis, -3)
+        channel_axis = data.ndim - 3
+    normalize = Normalization.from_dict(meta.get("normalization"))
+    image = normalize(data, channel_axis=channel_axis)
+    yield Progress(0, 1, "normalize")
+    probs = yield from iter_predict_stack(
+        model,
+        image,
+        channel_axis=channel_axis,
+        tile_shape=None if tile is None else (tile, tile),
+        device=device,
+        tta=tta,
+    )
+    del image
+    leading = probs.shape[1:-2]
+    labels = np.zeros(probs.shape[1:], dtype=np.uint32)
+    planes = list(np.ndindex(*leading))
+    offset = 0
+    for number, index in enumerate(planes, start=1):
+        part = probabilities_to_labels(
+            probs[(slice(None), *index)], threshold=threshold, spatial_dims=2
+        )
+        labels[index] = np.where(part > 0, part + np.uint32(offset), 0)
+        offset += int(part.max(initial=0))
+        yield Progress(number, len(planes), "labels")
+    return labels, (probs if keep_probabilities else None)
+
+
+class PredictWidget(ScrollDock):
+    """Run a model over an image layer and add the cells as a new Labels layer.
+
+    Parameters
+    ----------
+    viewer : napari.viewer.Viewer
+    """
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        super().__init__()
+        from ..devices import available_devices
+
+        self._viewer = viewer
+        self._session = session_for(viewer)
+        self._alive = True
+        #: The running worker (None when idle); tests wait on its ``finished``.
+        self.worker: Any = None
+        self._started = 0.0
+        self._job: dict[str, Any] = {}
+
+        self._model = ComboBox(label="model", choices=self._model_choices)
+        self._model_file = FileEdit(label="model file", mode="r", filter="*.safetensors")
+        self._model_info = Label(value="")
+        self._image = ComboBox(label="image", choices=self._image_choices)
+        self._channel_axis = ComboBox(label="channels", choices=self._channel_choices)
+        self._tile = SpinBox(label="tile size (0 = auto)", min=0, max=4096, value=0)
+        self._tta = CheckBox(text="test-time augmentation (8x slower)", value=False)
+        self._threshold = FloatSpinBox(
+            label="cell threshold", min=0.05, max=0.95, step=0.05, value=0.5
+        )
+        self._probabilities = CheckBox(text="also add probabilities", value=False)
+        self._device = ComboBox(label="device", choices=["auto", *available_devices()])
+        self._run = PushButton(text="Predict")
+        self._cancel = PushButton(text="Cancel", enabled=False)
+        self._progress = ProgressBar(value=0, min=0, max=1000, label="progress")
+        self._status = Label(value="")
+        buttons = Container(widgets=[self._run, self._cancel], layout="horizontal", labels=False)
+        self.set_content(
+            [
+                self._model,
+                self._model_file,
+                self._model_info,
+                self._image,
+                self._channel_axis,
+                self._tile,
+                self._tta,
+                self._threshold,
+                self._probabilities,
+                self._device,
+                buttons,
+                self._progress,
+                self._status,
+            ]
+        )
+        self._progress.native.setFormat("")
+        self._model.changed.connect(self._on_model_changed)
+        self._model_file.changed.connect(self._on_model_changed)
+        self._image.changed.connect(self._on_image_changed)
+        self._run.changed.connect(self.start)
+        self._cancel.changed.connect(self.cancel)
+        self._session.models_changed.connect(self._on_session_models)
+        for event in (
+            viewer.layers.events.inserted,
+            viewer.layers.events.removed,
+            viewer.layers.events.renamed,
+        ):
+            event.connect(self._on_layers_changed)
+        self._watcher = watch_close(self.native, self.cancel, self._on_destroyed)
+        self._on_model_changed()
+        self._on_image_changed()
+
+    # -- choices -------------------------------------------------------------------------------
+
+    def _model_choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
+        trained = [(f"{m.name} (this session)", m.path) for m in self._session.models]
+        return [*trained, ("model file below", _FROM_FILE)]
+
+    def _image_choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
+        return layers_of(self._viewer, Image)
+
+    def _channel_choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
+        return channel_axis_choices(self._image.value if hasattr(self, "_image") else None)
+
+    def _on_layers_changed(self, event: Any = None) -> None:
+        if self._alive:
+            self.reset_choices()
+
+    def _on_session_models(self) -> None:
+        if not self._alive:
+            return
+        self._model.reset_choices()
+        if self._session.models:
+            self._model.value = self._session.models[0].path  # the newest model
+
+    def _on_destroyed(self) -> None:
+        # vars(): the garbage collector may already have cleared this object's attributes.
+        self._alive = False
+        worker = vars(self).get("worker")
+        if worker is not None:
+            worker.quit()
+
+    def model_path(self) -> Path | None:
+        """The chosen model file, or None."""
+        if self._model.value == _FROM_FILE:
+            path = Path(self._model_file.value)
+            return path if path.is_file() else None
+        return Path(self._model.value)
+
+    def _on_model_changed(self, *_: Any) -> None:
+        self._model_file.visible = self._model.value == _FROM_FILE
+        path = self.model_path()
+        self._model_info.value = _describe_model(path) if path is not None else ""
+        self._suggest_channel_axis()
+
+    def _on_image_changed(self, *_: Any) -> None:
+        self._channel_axis.reset_choices()
+        self._suggest_channel_axis()
+
+    def _suggest_channel_axis(self) -> None:
+        """For a multichannel model, preselect the first axis with that many entries."""
+        image, path = self._image.value, self.model_path()
+        if image is None or path is None or getattr(image, "rgb", False):
+            return
+        channels = _model_channels(path)
+        if channels is None or channels == 1:
+            return
+        for _, axis in channel_axis_choices(image):
+            if axis is not None and image.data.shape[axis] == channels:
+                self._channel_axis.value = axis
+                return
+
+    # -- running -------------------------------------------------------------------------------
+
+    def start(self) -> Any:
+        """Validate the inputs and start prediction in a worker thread.
+
+        Returns
+        -------
+        worker : GeneratorWorker or None
+            None if the inputs were invalid (an error notification says why).
+        """
+        if self.worker is not None:
+            show_info("Predict: already running; cancel it first.")
+            return None
+        path = self.model_path()
+        image = self._image.value
+        if path is None:
+            show_error("Predict: choose a model file (or train one in the Train widget).")
+            return None
+        if image is None:
+            show_error("Predict: choose an image layer.")
+            return None
+        data = image.data[0] if image.multiscale else image.data
+        axis = resolve_channel_axis(image, self._channel_axis.value)
+        channels = _model_channels(path)
+        have = 1 if axis is None else int(data.shape[axis])
+        if channels is None:
+            show_error(f"Predict: {path} is not a napari-unet model file.")
+            return None
+        if channels != have:
+            show_error(
+                f"Predict: the model expects {channels} channel(s), '{image.name}' has {have} "
+                f"with channels = {self._channel_axis.native.currentText()}; choose the "
+                "channel axis (or a model trained on such images)."
+            )
+            return None
+        if len(spatial_shape(image, axis)) < 2:
+            show_error(f"Predict: '{image.name}' needs at least two spatial axes (Y, X).")
+            return None
+        self._job = {
+            "image": image,
+            "axis": axis,
+            "probabilities": self._probabilities.value,
+            "model": path,
+        }
+        worker = thread_worker(
+            predict_job,
+            start_thread=False,
+            # Our "errored" handler reports the error (see _report_error) and stops
+            # superqt from re-raising it in the event loop.
+            connect={"errored": self._on_errored},
+        )(
+            path,
+            data,
+            channel_axis=axis,
+            tile=self._tile.value or None,
+            tta=self._tta.value,
+            threshold=float(self._threshold.value),
+            device=self._device.value,
+            keep_probabilities=self._probabilities.value,
+        )
+        worker.yielded.connect(self._on_progress)
+        worker.returned.connect(self._on_returned)
+        worker.aborted.connect(self._on_aborted)
+        worker.finished.connect(self._on_finished)
+        self.worker = worker
+        self._started = time.perf_counter()
+        self._set_running(True)
+        self._status.value = "loading the model ..."
+        worker.start()
+        return worker
+
+    def cancel(self) -> None:
+        """Stop prediction at the next batch of tiles; no layer is added."""
+        if self.worker is not None:
+            self._status.value = "cancelling ..."
+            self.worker.quit()
+
+    def _set_running(self, running: bool) -> None:
+        self._run.enabled = not running
+        self._cancel.enabled = running
+
+    def _on_progress(self, event: Progress) -> None:
+        if not self._alive:
+            return
+        if event.stage == "predict":
+            fraction = _NETWORK_SHARE * event.done / max(event.total, 1)
+            plane = event.info.get("plane")
+            where = (
+                f"plane {plane + 1}/{event.info['planes']}, "
+                if plane is not None and event.info.get("planes", 1) > 1
+                else ""
+            )
+            text = f"{where}tile batch {event.done}/{event.total}"
+        elif event.stage == "labels":
+            fraction = _NETWORK_SHARE + (1 - _NETWORK_SHARE) * event.done / max(event.total, 1)
+            text = f"labelling cells: plane {event.done}/{event.total}"
+        else:
+            fraction, text = 0.0, f"{event.stage} ..."
+        elapsed = time.perf_counter() - self._started
+        if fraction > 0.02:
+            text += f" · ETA {_format_seconds(elapsed * (1 - fraction) / fraction)}"
+        self._progress.value = int(1000 * fraction)
+        self._status.value = text
+
+    def _on_returned(self, result: tuple[np.ndarray, np.ndarray | None]) -> None:
+        if not self._alive:
+            return
+        labels, probs = result
+        image = self._job["image"]
+        transform = spatial_transform(image, self._job["axis"])
+        layer = self._viewer.add_labels(
+            labels, name=unique_name(self._viewer, f"{image.name} cells (predicted)"), **transform
+        )
+        if probs is not None:
+            names = ["cell", "border"][: probs.shape[0] - 1]
+            for k, name in enumerate(names, start=1):
+                self._viewer.add_image(
+                    probs[k],
+                    name=unique_name(self._viewer, f"{image.name} {name} probability"),
+                    colormap="magma" if name == "cell" else "cyan",
+                    contrast_limits=(0.0, 1.0),
+                    blending="additive",
+                    visible=name == "cell",
+                    **transform,
+                )
+        n = int(labels.max(initial=0))
+        seconds = time.perf_counter() - self._started
+        self._progress.value = 1000
+        self._status.value = f"{n} cells found in {_format_seconds(seconds)} -> '{layer.name}'"
+
+    def _on_aborted(self) -> None:
+        if self._alive:
+            self._status.value = "cancelled; no layer was added"
+            self._progress.value = 0
+
+    def _on_errored(self, err: Exception) -> None:
+        report_error(err)
+        if self._alive:
+            self._status.value = f"failed: {err}"
+
+    def _on_finished(self) -> None:
+        self.worker = None
+        if self._alive:
+            self._set_running(False)
+
+
+def _model_channels(path: Path) -> int | None:
+    from .._modelfile import ModelFileError, read_metadata
+
+    try:
+        meta = read_metadata(path)
+    except (OSError, ModelFileError):
+        return None
+    return int(meta.get("in_channels") or meta["arguments"].get("in_channels") or 1)
+
+
+def _describe_model(path: Path) -> str:
+    """One line about a model file: architecture, channels, classes, training."""
+    from .._modelfile import ModelFileError, read_metadata
+
+    try:
+        meta = read_metadata(path)
+    except (OSError, ModelFileError) as err:
+        return f"cannot read: {err}"
+    args = meta.get("arguments", {})
+    text = (
+        f"{meta.get('architecture', '?')} depth {args.get('depth', '?')}, "
+        f"{args.get('base_channels', '?')} base channels, {args.get('padding', '?')} padding; "
+        f"{meta.get('in_channels', '?')} channel(s) in, {meta.get('num_classes', '?')} classes"
+    )
+    training = meta.get("training") or {}
+    if training.get("iteration") is not None:
+        text += f"; {training['iteration']} iterations"
+    return text
+
+
+def _format_seconds(seconds: float) -> str:
+    seconds = max(0.0, float(seconds))
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

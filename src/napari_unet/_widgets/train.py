@@ -1,0 +1,588 @@
+"""The "Train" dock widget: train or fine-tune a U-Net on the session's training set.
+
+Training runs the engine's generator (:func:`napari_unet.training.train_iter`)
+in a napari ``thread_worker``. The dock shows progress with ETA and a live
+loss plot. Stop asks the engine to finish the current iteration, write the
+model trained so far and return, so the file on disk is always complete and
+the model is listed in the Predict widget right away.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import inspect
+import threading
+import time
+from collections.abc import Callable, Generator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    EmptyWidget,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    LineEdit,
+    ProgressBar,
+    PushButton,
+    SpinBox,
+)
+from napari.qt.threading import GeneratorWorker, thread_worker
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtWidgets import QVBoxLayout
+
+from ..progress import Progress
+from ._lifetime import report_error, watch_close
+from ._plot import LinePlot
+from ._session import TrainedModel, session_for
+from ._ui import ScrollDock
+
+if TYPE_CHECKING:
+    import napari
+
+    from ..training import TrainResult
+
+__all__ = ["TrainWidget", "train_job"]
+
+#: How often the dock redraws during training; events in between are only recorded.
+REDRAW_S = 0.1
+#: Seconds the dock waits, when it is closed mid-run, for the engine to save and stop.
+CLOSE_WAIT_S = 10.0
+DEFAULT_OUT = Path.home() / "napari-unet-models"
+
+
+def _architectures() -> dict[str, type]:
+    """Display name -> model class, for the architectures model files can store."""
+    from .. import models
+    from .._modelfile import ARCHITECTURES
+
+    found = {"U-Net": models.UNet}
+    plus = getattr(models, "UNetPlusPlus", None)
+    # Offered only once model files can store it (registered), or training could not save.
+    if plus is not None and plus in ARCHITECTURES.values():
+        found["U-Net++"] = plus
+    return found
+
+
+def build_model(architecture: str, **arguments: Any) -> Any:
+    """Build an architecture, passing only the arguments its constructor takes."""
+    cls = _architectures()[architecture]
+    accepted = inspect.signature(cls).parameters
+    return cls(**{k: v for k, v in arguments.items() if k in accepted})
+
+
+def train_job(
+    samples: list[dict[str, Any]],
+    *,
+    model: dict[str, Any] | Path,
+    config: Any,
+    out: Path,
+    stop: threading.Event,
+    done: threading.Event,
+    data_info: dict[str, Any],
+) -> Generator[Progress, None, TrainResult]:
+    """The worker's generator: build the model, then run the training engine.
+
+    Parameters
+    ----------
+    samples : list of dict
+        ``{"image", "labels", "mask"}`` planes (from the training set).
+    model : dict or Path
+        Arguments for :func:`build_model` (``architecture`` plus constructor
+        arguments), or a model file to fine-tune.
+    config : TrainConfig
+    out : Path
+        The model file to write (plus ``<stem>.last.safetensors``).
+    stop : threading.Event
+        Set by the Stop button; the engine checks it after every iteration
+        (and every prepared or validated plane), saves and returns.
+    done : threading.Event
+        Set when the generator ends, however it ends.
+    data_info : dict
+        Provenance stored in the model file.
+    """
+    from ..training import train_iter
+
+    try:
+        # Building a large U-Net takes a moment (weight init): not on the GUI thread.
+        network = build_model(**model) if isinstance(model, dict) else model
+        yield Progress(0, 1, "build")
+        result = yield from train_iter(
+            samples,
+            model=network,
+            config=config,
+            out=out,
+            cancel=stop.is_set,
+            data_info=data_info,
+        )
+    finally:
+        done.set()
+    return result
+
+
+class StoppableWorker(GeneratorWorker):
+    """A worker whose ``quit()`` asks the engine to stop instead of abandoning it.
+
+    A plain ``quit()`` leaves the generator suspended at a yield, so the
+    engine would never write the model trained so far. napari itself calls
+    ``quit()`` on running workers when the viewer closes; with this class
+    that also ends in a saved model and a normal ``returned``.
+    """
+
+    stop_event: threading.Event | None = None
+
+    def quit(self) -> None:
+        if self.stop_event is not None:
+            self.stop_event.set()
+        else:
+            super().quit()
+
+
+class TrainWidget(ScrollDock):
+    """Train a U-Net on the annotated planes collected in "Annotate cells".
+
+    Parameters
+    ----------
+    viewer : napari.viewer.Viewer
+    """
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        super().__init__()
+        # Import the engine now, not in the worker at the first iteration: an import holds
+        # the GIL through long C-level steps (loading extension modules), which froze the
+        # GUI for up to 0.6 s at the start of every first run (measured on 2 cores).
+        from .. import augment, metrics, tiling, training  # noqa: F401
+        from ..devices import available_devices, describe_device, select_device
+
+        self._viewer = viewer
+        self._session = session_for(viewer)
+        # Shared with the destroy handler, which must not read attributes of this object
+        # (the garbage collector may have cleared them by the time Qt reports the deletion).
+        self._flags = {"alive": True}
+        #: The running worker (None when idle); tests wait on its ``finished``.
+        self.worker: Any = None
+        #: The last run's result (a TrainResult), once it returned.
+        self.result: Any = None
+        # One pair of events for the widget's lifetime (cleared for each run), so that the
+        # destroy handler can hold them directly.
+        self._stop = threading.Event()
+        self._done = threading.Event()
+        self._done.set()
+        self._losses: list[float] = []
+        self._last_redraw = 0.0
+        self._started = 0.0
+        self._out: Path | None = None
+
+        self._set_info = Label(value="")
+        self._val_percent = SpinBox(label="validation planes (%)", min=0, max=50, value=0)
+        self._arch = ComboBox(label="architecture", choices=list(_architectures()))
+        self._depth = SpinBox(label="depth", min=1, max=6, value=4)
+        self._base = SpinBox(label="base channels", min=1, max=256, value=32)
+        self._padding = ComboBox(label="padding", choices=["valid", "same"], value="valid")
+        self._border_class = CheckBox(text="separating-border class (3 classes)", value=True)
+        self._tile = SpinBox(label="tile size (0 = auto)", min=0, max=2048, value=0)
+        self._tile_info = Label(value="")
+        self._iterations = SpinBox(label="iterations", min=1, max=1_000_000, value=1000)
+        self._optimizer = ComboBox(
+            label="optimiser",
+            choices=[("SGD, momentum 0.99 (paper)", "sgd"), ("Adam", "adam")],
+            value="sgd",
+        )
+        self._lr = FloatSpinBox(label="learning rate", min=1e-6, max=1.0, step=0.001, value=0.01)
+        self._lr.native.setDecimals(6)
+        devices = [("auto (best available)", "auto")] + [
+            (describe_device(select_device(name)), name) for name in available_devices()
+        ]
+        self._device = ComboBox(label="device", choices=devices, value="auto")
+        self._weights_info = Label(value="")
+        self._out_dir = FileEdit(label="output folder", mode="d", value=DEFAULT_OUT)
+        self._name = LineEdit(label="model name", value="cells")
+        self._finetune = CheckBox(text="fine-tune an existing model", value=False)
+        self._finetune_file = FileEdit(
+            label="model to fine-tune", mode="r", filter="*.safetensors"
+        )
+        self._start = PushButton(text="Start training")
+        self._stop_button = PushButton(text="Stop", enabled=False)
+        self._progress = ProgressBar(value=0, min=0, max=1000, label="progress")
+        self._status = Label(value="")
+        self.plot = LinePlot("training loss", "iteration", log_y=True)
+        self.plot.add_series("loss", "#7a8cff", width=1.0)
+        self.plot.add_series("smoothed", "#ffb000", width=2.0)
+        self.plot.add_series("validation", "#3ddc84", width=2.0, markers=True)
+        plot_holder = EmptyWidget(label="")
+        layout = plot_holder.native.layout()
+        if layout is None:
+            layout = QVBoxLayout()
+            plot_holder.native.setLayout(layout)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.plot)
+        plot_holder.native.setMinimumHeight(220)
+        buttons = Container(
+            widgets=[self._start, self._stop_button], layout="horizontal", labels=False
+        )
+        self.set_content(
+            [
+                Label(value="<b>Training set</b>"),
+                self._set_info,
+                self._val_percent,
+                Label(value="<b>Network</b>"),
+                self._finetune,
+                self._finetune_file,
+                self._arch,
+                self._depth,
+                self._base,
+                self._padding,
+                self._border_class,
+                Label(value="<b>Training</b>"),
+                self._tile,
+                self._tile_info,
+                self._iterations,
+                self._optimizer,
+                self._lr,
+                self._device,
+                self._weights_info,
+                self._out_dir,
+                self._name,
+                buttons,
+                self._progress,
+                self._status,
+                plot_holder,
+            ]
+        )
+        self._progress.native.setFormat("")
+
+        self._finetune.changed.connect(self._on_finetune_changed)
+        self._optimizer.changed.connect(self._on_optimizer_changed)
+        for widget in (self._arch, self._depth, self._padding, self._tile):
+            widget.changed.connect(self._update_tile_info)
+        self._start.changed.connect(self.start)
+        self._stop_button.changed.connect(self.stop)
+        self._session.training_set.changed.connect(self._update_set_info)
+        self._session.weights_changed.connect(self._update_weights_info)
+        self._watcher = watch_close(
+            self.native, self.stop, _stopper(self._stop, self._done, self._flags)
+        )
+        self._on_finetune_changed()
+        self._update_set_info()
+        self._update_weights_info()
+        self._update_tile_info()
+
+    # -- display -------------------------------------------------------------------------------
+
+    def _update_set_info(self) -> None:
+        if self._alive:
+            self._set_info.value = self._session.training_set.summary()
+
+    def _update_weights_info(self) -> None:
+        if self._alive:
+            self._weights_info.value = (
+                f"border weights: {self._session.weights.describe()} (set in Weight map)"
+            )
+
+    def _on_finetune_changed(self, *_: Any) -> None:
+        fine = self._finetune.value
+        self._finetune_file.visible = fine
+        # A fine-tuned model keeps its architecture: those fields do not apply.
+        for widget in (self._arch, self._depth, self._base, self._padding, self._border_class):
+            widget.enabled = not fine
+        self._update_tile_info()
+
+    def _on_optimizer_changed(self, value: str) -> None:
+        # The engine's defaults: 0.01 for SGD with momentum 0.99, 0.001 for Adam.
+        self._lr.value = 0.001 if value == "adam" else 0.01
+
+    def _shape_model(self) -> Any:
+        """A tiny model with the chosen architecture, for its shape rules only."""
+        if self._finetune.value:
+            from .._modelfile import ModelFileError, read_metadata
+            from .._modelfile import build_model as build_stored
+
+            path = Path(self._finetune_file.value)
+            try:
+                meta = read_metadata(path)
+            except (OSError, ModelFileError):
+                return None
+            arguments = dict(meta["arguments"])
+            arguments["base_channels"] = 1
+            return build_stored(meta["architecture"], arguments)
+        return build_model(
+            self._arch.value, depth=self._depth.value, base_channels=1, padding=self._padding.value
+        )
+
+    def valid_tile(self) -> int | None:
+        """The tile the engine will use: the chosen size rounded up to a valid one, or None."""
+        if not self._tile.value:
+            return None
+        model = self._shape_model()
+        if model is None:
+            return None
+        side = int(self._tile.value)
+        if model.is_valid_input_shape((side, side)):
+            return side
+        return int(model.valid_input_shape(model.output_shape_lower_bound((side, side)))[0])
+
+    def _update_tile_info(self, *_: Any) -> None:
+        if not self._alive:
+            return
+        if not self._tile.value:
+            self._tile_info.value = "tile: automatic (572 px for the paper's network)"
+            return
+        model = self._shape_model()
+        tile = self.valid_tile()
+        if model is None or tile is None:
+            self._tile_info.value = ""
+            return
+        out = model.output_shape((tile, tile))[0]
+        self._tile_info.value = f"valid tile {tile} px, output {out} px"
+
+    # -- running -------------------------------------------------------------------------------
+
+    def _output_path(self) -> Path:
+        """A new file in the output folder; never an existing one."""
+        from ..training import checkpoint_paths
+
+        folder = Path(self._out_dir.value).expanduser()
+        name = (self._name.value or "model").strip().replace("/", "_")
+        path = folder / f"{name}.safetensors"
+        if any(p.exists() for p in checkpoint_paths(path)):
+            stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+            path = folder / f"{name}-{stamp}.safetensors"
+            number = 2
+            while any(p.exists() for p in checkpoint_paths(path)):
+                path = folder / f"{name}-{stamp}-{number}.safetensors"
+                number += 1
+        return path
+
+    def start(self) -> Any:
+        """Validate the settings and start training in a worker thread.
+
+        Returns
+        -------
+        worker : GeneratorWorker or None
+            None if something is missing (an error notification says what).
+        """
+        from ..training import TrainConfig
+
+        if self.worker is not None:
+            show_info("Train: already training; stop it first.")
+            return None
+        training_set = self._session.training_set
+        if not len(training_set):
+            show_error(
+                "Train: the training set is empty. In 'Annotate cells', paint some cells and "
+                "press 'Add to training set'."
+            )
+            return None
+        if training_set.n_cells == 0:
+            show_error("Train: the training set has no cells; paint at least one cell.")
+            return None
+        val_fraction = self._val_percent.value / 100
+        if val_fraction and len(training_set) < 2:
+            show_error("Train: validation needs at least 2 planes in the training set.")
+            return None
+        fine_path = Path(self._finetune_file.value) if self._finetune.value else None
+        if fine_path is not None and not fine_path.is_file():
+            show_error("Train: choose the model file to fine-tune.")
+            return None
+        folder = Path(self._out_dir.value).expanduser()
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            show_error(f"Train: cannot use output folder {folder}: {err}")
+            return None
+        channels = training_set[0].channels
+        border_class = self._border_class.value
+        if fine_path is not None:
+            from .._modelfile import ModelFileError, read_metadata
+
+            try:
+                meta = read_metadata(fine_path)
+            except (OSError, ModelFileError) as err:
+                show_error(f"Train: {err}")
+                return None
+            # A fine-tuned model keeps its classes and its channels.
+            border_class = int(meta.get("num_classes") or 2) == 3
+            if int(meta.get("in_channels") or 1) != channels:
+                show_error(
+                    f"Train: {fine_path.name} expects {meta.get('in_channels')} channel(s), the "
+                    f"training set has {channels}."
+                )
+                return None
+        iterations = int(self._iterations.value)
+        tile = self.valid_tile()
+        try:
+            config = TrainConfig(
+                iterations=iterations,
+                tile_shape=None if tile is None else (tile, tile),
+                optimizer=self._optimizer.value,
+                lr=float(self._lr.value),
+                border_class=border_class,
+                w0=self._session.weights.w0,
+                sigma=self._session.weights.sigma,
+                class_weights=self._session.weights.class_weights,
+                val_fraction=val_fraction,
+                val_every=max(1, iterations // 20),
+                checkpoint_every=min(100, iterations),
+                device=self._device.value,
+            )
+        except ValueError as err:
+            show_error(f"Train: {err}")
+            return None
+        model: dict[str, Any] | Path = fine_path or {
+            "architecture": self._arch.value,
+            "in_channels": channels,
+            "num_classes": config.num_classes,
+            "depth": int(self._depth.value),
+            "base_channels": int(self._base.value),
+            "padding": self._padding.value,
+        }
+        out = self._output_path()
+        data_info = {
+            "source": "napari",
+            "planes": [entry.describe() for entry in training_set],
+        }
+        self._stop.clear()
+        self._done.clear()
+        worker = thread_worker(
+            train_job,
+            start_thread=False,
+            worker_class=StoppableWorker,
+            # Our "errored" handler reports the error (see _report_error) and stops
+            # superqt from re-raising it in the event loop.
+            connect={"errored": self._on_errored},
+        )(
+            training_set.samples(),
+            model=model,
+            config=config,
+            out=out,
+            stop=self._stop,
+            done=self._done,
+            data_info=data_info,
+        )
+        worker.stop_event = self._stop
+        worker.yielded.connect(self._on_progress)
+        worker.returned.connect(self._on_returned)
+        worker.finished.connect(self._on_finished)
+        self.worker = worker
+        self.result = None
+        self._out = out
+        self._losses = []
+        self.plot.clear()
+        self._started = time.perf_counter()
+        self._last_redraw = 0.0
+        self._progress.value = 0
+        self._status.value = "building the network ..."
+        self._start.enabled = False
+        self._stop_button.enabled = True
+        worker.start()
+        return worker
+
+    def stop(self) -> None:
+        """Stop after the current iteration; the model trained so far is saved and kept."""
+        if self.worker is None:
+            return
+        self.worker.quit()  # a StoppableWorker: sets self._stop
+        if self._alive:
+            self._status.value = "stopping after this iteration ..."
+            self._stop_button.enabled = False
+
+    def _on_progress(self, event: Progress) -> None:
+        if event.stage == "train":
+            loss = event.info.get("loss")
+            if loss is not None:
+                self._losses.append(float(loss))
+                self.plot.append("loss", event.done, loss)
+                previous = self.plot.points("smoothed")[1]
+                smooth = loss if not previous else 0.9 * previous[-1] + 0.1 * loss
+                self.plot.append("smoothed", event.done, smooth)
+            if "val_loss" in event.info:
+                self.plot.append("validation", event.done, event.info["val_loss"])
+        if not self._alive:
+            return
+        now = time.perf_counter()
+        if now - self._last_redraw < REDRAW_S and event.done < event.total:
+            return  # record every event, redraw at most ten times a second
+        self._last_redraw = now
+        if event.stage == "train":
+            info = event.info
+            self._progress.value = int(1000 * event.done / max(event.total, 1))
+            text = f"iteration {event.done}/{event.total} · loss {info.get('loss', 0):.4f}"
+            if "it_per_s" in info:
+                text += f" · {info['it_per_s']:.1f} it/s"
+            if "eta_s" in info:
+                text += f" · ETA {_format_seconds(info['eta_s'])}"
+            metrics = [f"{k} {info[k]:.4f}" for k in ("val_loss", "rand_error") if k in info]
+            if metrics:
+                text += "\n" + ", ".join(metrics)
+            self._status.value = text
+            self.plot.update()
+        elif event.stage == "prepare":
+            self._status.value = f"computing weight maps: plane {event.done}/{event.total}"
+        elif event.stage == "validate":
+            self._status.value = f"validating: plane {event.done}/{event.total}"
+
+    def _on_returned(self, result: TrainResult) -> None:
+        self.result = result
+        path = result.best_path
+        if path is not None and Path(path).is_file():
+            state = "stopped" if result.cancelled else "finished"
+            self._session.add_model(
+                TrainedModel(
+                    Path(path).stem, Path(path), f"{state} at iteration {result.iterations}"
+                )
+            )
+        if not self._alive:
+            return
+        self.plot.update()
+        if path is None:
+            self._status.value = "stopped before the first iteration; no model was written"
+            return
+        state = "Stopped" if result.cancelled else "Finished"
+        self._progress.value = int(1000 * result.iterations / max(self._iterations.value, 1))
+        self._status.value = (
+            f"{state} at iteration {result.iterations} in "
+            f"{_format_seconds(time.perf_counter() - self._started)}; saved {path}. "
+            "It is now listed in Predict."
+        )
+        show_info(f"Train: {state.lower()}; model saved to {path}")
+
+    def _on_errored(self, err: Exception) -> None:
+        report_error(err)
+        if self._alive:
+            self._status.value = f"failed: {err}"
+
+    def _on_finished(self) -> None:
+        self.worker = None
+        if self._alive:
+            self._start.enabled = True
+            self._stop_button.enabled = False
+
+    @property
+    def _alive(self) -> bool:
+        return self._flags["alive"]
+
+
+def _stopper(
+    stop: threading.Event, done: threading.Event, flags: dict[str, bool]
+) -> Callable[[], None]:
+    """The handler for a destroyed dock: stop training and wait (briefly) for the save."""
+
+    def on_destroyed() -> None:
+        flags["alive"] = False
+        if not done.is_set():
+            stop.set()
+            done.wait(CLOSE_WAIT_S)
+
+    return on_destroyed
+
+
+def _format_seconds(seconds: float) -> str:
+    seconds = max(0.0, float(seconds))
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

@@ -1,0 +1,221 @@
+"""The "Weight map" dock widget: a live preview of the U-Net loss weights while painting."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, Label, PushButton
+from napari.layers import Image, Labels
+from napari.utils.notifications import show_error
+from qtpy.QtCore import QTimer
+
+from ..weights import separation_borders, weight_map
+from ._layers import current_plane, layers_of, unique_name
+from ._session import session_for
+from ._ui import ScrollDock
+
+if TYPE_CHECKING:
+    import napari
+
+__all__ = ["WeightMapWidget"]
+
+#: Pause after the last edit before recomputing: painting stays fluid, and the
+#: preview follows within a third of a second.
+DEBOUNCE_MS = 300
+
+
+class WeightMapWidget(ScrollDock):
+    """Preview w(x) = w_c(x) + w0 exp(-(d1 + d2)^2 / 2 sigma^2) for a labels layer.
+
+    The map is recomputed (debounced) whenever the labels change or the
+    viewer moves to another plane; for stacks only the plane on screen is
+    computed. The settings are shared with the Train widget.
+
+    Parameters
+    ----------
+    viewer : napari.viewer.Viewer
+    """
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        super().__init__()
+        self._viewer = viewer
+        self._session = session_for(viewer)
+        self._alive = True
+        self._watched: Labels | None = None
+        self._weights_layer: Image | None = None
+        self._borders_layer: Image | None = None
+        self._hid_borders = False
+        #: Milliseconds the last update took (weight map + borders + layer update).
+        self.last_ms = float("nan")
+        self.updates = 0
+
+        weights = self._session.weights
+        self._labels = ComboBox(label="cell labels", choices=self._labels_choices)
+        self._w0 = FloatSpinBox(label="w0 (border weight)", min=0.0, max=100.0, step=1.0)
+        self._w0.value = weights.w0
+        self._sigma = FloatSpinBox(label="σ (border width, px)", min=0.5, max=50.0, step=0.5)
+        self._sigma.value = weights.sigma
+        self._balance = ComboBox(
+            label="class balance",
+            choices=[("balanced (inverse frequency)", "balanced"), ("none", None)],
+            value=weights.class_weights,
+        )
+        self._show_borders = CheckBox(text="show separating borders", value=True)
+        self._live = CheckBox(text="update while painting", value=True)
+        self._update = PushButton(text="Update now")
+        self._info = Label(value="Choose a labels layer with painted cells.")
+        self.set_content(
+            [
+                self._labels,
+                self._w0,
+                self._sigma,
+                self._balance,
+                self._show_borders,
+                self._live,
+                self._update,
+                self._info,
+            ]
+        )
+
+        self._timer = QTimer(self.native)
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(DEBOUNCE_MS)
+        self._timer.timeout.connect(self.update_preview)
+
+        self._labels.changed.connect(self._on_labels_changed)
+        for widget in (self._w0, self._sigma, self._balance):
+            widget.changed.connect(self._on_settings_changed)
+        self._show_borders.changed.connect(self.schedule)
+        self._update.changed.connect(self.update_preview)
+        viewer.dims.events.current_step.connect(self._on_step)
+        for event in (
+            viewer.layers.events.inserted,
+            viewer.layers.events.removed,
+            viewer.layers.events.renamed,
+        ):
+            event.connect(self._on_layers_changed)
+        self.native.destroyed.connect(self._on_destroyed)
+        self._on_labels_changed()
+
+    def _labels_choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
+        return layers_of(self._viewer, Labels)
+
+    def _on_layers_changed(self, event: Any = None) -> None:
+        if self._alive:
+            self.reset_choices()
+
+    def _on_destroyed(self, *_: Any) -> None:
+        self._alive = False
+        # vars(): the garbage collector may already have cleared this object's attributes.
+        if vars(self).get("_watched") is not None:
+            self._watch(None)
+
+    def _watch(self, layer: Labels | None) -> None:
+        """Follow edits of ``layer`` (and stop following the previous one)."""
+        if self._watched is not None:
+            for event in (self._watched.events.data, self._watched.events.paint):
+                event.disconnect(self._on_edit)
+        self._watched = layer
+        if layer is not None:
+            layer.events.data.connect(self._on_edit)
+            layer.events.paint.connect(self._on_edit)
+
+    def _on_labels_changed(self, *_: Any) -> None:
+        if not self._alive:
+            return
+        self._watch(self._labels.value)
+        self.schedule()
+
+    def _on_settings_changed(self, *_: Any) -> None:
+        balance = self._balance.value
+        self._session.set_weights(float(self._w0.value), float(self._sigma.value), balance)
+        self.schedule()
+
+    def _on_edit(self, event: Any = None) -> None:
+        if self._alive and self._live.value:
+            self.schedule()
+
+    def _on_step(self, event: Any = None) -> None:
+        layer = self._labels.value
+        if self._alive and layer is not None and layer.ndim > 2:
+            self.schedule()
+
+    def schedule(self, *_: Any) -> None:
+        """Recompute after :data:`DEBOUNCE_MS` without further edits."""
+        if self._alive:
+            self._timer.start()
+
+    def update_preview(self) -> None:
+        """Compute the weight map (current plane) and show it as an Image layer now."""
+        if not self._alive:
+            return
+        layer = self._labels.value
+        if layer is None:
+            return
+        start = time.perf_counter()
+        plane = current_plane(self._viewer, layer)
+        labels = np.asarray(layer.data[plane] if plane else layer.data)
+        try:
+            weights = weight_map(
+                labels,
+                w0=float(self._w0.value),
+                sigma=float(self._sigma.value),
+                class_weights=self._balance.value,
+            )
+            borders = separation_borders(labels) if self._show_borders.value else None
+        except ValueError as err:
+            show_error(f"Weight map: {err}")
+            return
+        transform = {
+            "scale": tuple(layer.scale)[-2:],
+            "translate": tuple(layer.translate)[-2:],
+        }
+        top = float(weights.max()) if weights.size else 1.0
+        self._weights_layer = self._show(
+            self._weights_layer,
+            weights,
+            f"{layer.name} weight map",
+            colormap="inferno",
+            contrast_limits=(0.0, max(top, 1e-6)),
+            opacity=0.8,
+            **transform,
+        )
+        if borders is not None:
+            if self._borders_layer is not None and self._hid_borders:
+                self._borders_layer.visible = True  # shown again after we hid it
+            self._hid_borders = False
+            self._borders_layer = self._show(
+                self._borders_layer,
+                borders.astype(np.uint8),
+                f"{layer.name} separating borders",
+                colormap="cyan",
+                contrast_limits=(0, 1),
+                blending="additive",
+                **transform,
+            )
+        elif self._borders_layer is not None and self._borders_layer in self._viewer.layers:
+            self._borders_layer.visible = False
+            self._hid_borders = True
+        self.last_ms = 1000 * (time.perf_counter() - start)
+        self.updates += 1
+        n_cells = int(np.count_nonzero(np.unique(labels)))
+        where = f"plane {', '.join(map(str, plane))}, " if plane else ""
+        self._info.value = (
+            f"{where}{n_cells} cells, w(x) from {weights.min():.2f} to {top:.2f} "
+            f"({self.last_ms:.0f} ms)"
+        )
+
+    def _show(self, existing: Image | None, data: np.ndarray, name: str, **kwargs: Any) -> Image:
+        """Update our preview layer in place, or add a new one (never someone else's)."""
+        if existing is not None and existing in self._viewer.layers:
+            existing.data = data
+            existing.scale = kwargs["scale"]
+            existing.translate = kwargs["translate"]
+            existing.contrast_limits = kwargs["contrast_limits"]
+            if not existing.name.startswith(name):
+                # Another labels layer was chosen: the preview follows, under its name.
+                existing.name = unique_name(self._viewer, name)
+            return existing
+        return self._viewer.add_image(data, name=unique_name(self._viewer, name), **kwargs)

@@ -1,0 +1,496 @@
+"""The napari widgets, driven as a user would, in a real viewer (run under xvfb-run).
+
+Every test that starts a worker waits for it to finish before returning:
+otherwise the process aborts after pytest has printed its summary.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+
+from napari_unet._modelfile import load_model, save_model
+from napari_unet._sample_data import make_cells_2d, make_cells_3d
+from napari_unet.models import UNet
+
+pytestmark = pytest.mark.gui
+
+PLUGIN = "napari-unet"
+WORKER_TIMEOUT_MS = 60_000
+
+
+def _add_layers(viewer, layers):
+    for data, kwargs, kind in layers:
+        getattr(viewer, f"add_{kind}")(data, **kwargs)
+
+
+def _dock(viewer, name):
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
+    return widget
+
+
+def _wait_idle(qtbot, widget, timeout=WORKER_TIMEOUT_MS):
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=timeout)
+
+
+@pytest.fixture
+def errors(monkeypatch):
+    """Messages the widgets show with napari's show_error."""
+    shown: list[str] = []
+    for module in ("annotate", "weight_map", "train", "predict"):
+        monkeypatch.setattr(f"napari_unet._widgets.{module}.show_error", shown.append)
+    return shown
+
+
+@pytest.fixture
+def tiny_model(tmp_path) -> Path:
+    path = tmp_path / "tiny.safetensors"
+    save_model(UNet(depth=1, base_channels=2, num_classes=3), path, metadata={})
+    return path
+
+
+def _tiny_training(train, out: Path, iterations: int) -> None:
+    train._depth.value = 1
+    train._base.value = 4
+    train._tile.value = 60
+    train._iterations.value = iterations
+    train._out_dir.value = out
+    train._device.value = "cpu"
+
+
+def test_all_widgets_open_from_the_manifest(make_napari_viewer):
+    from napari_unet._widgets.annotate import AnnotateWidget
+    from napari_unet._widgets.predict import PredictWidget
+    from napari_unet._widgets.train import TrainWidget
+    from napari_unet._widgets.weight_map import WeightMapWidget
+
+    viewer = make_napari_viewer()
+    expected = {
+        "Annotate cells": AnnotateWidget,
+        "Weight map": WeightMapWidget,
+        "Train": TrainWidget,
+        "Predict": PredictWidget,
+    }
+    widgets = {name: _dock(viewer, name) for name in expected}
+    for name, cls in expected.items():
+        assert isinstance(widgets[name], cls)
+    # The four widgets of one viewer share one session.
+    assert widgets["Train"]._session is widgets["Annotate cells"]._session
+    other = make_napari_viewer()
+    assert _dock(other, "Train")._session is not widgets["Train"]._session
+
+
+def test_annotate_new_layer_defaults_and_naming(make_napari_viewer):
+    from napari_unet._widgets.annotate import NEW_CELL_KEY
+
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((3, 64, 80), np.uint16), name="stack", scale=(2, 1, 1))
+    viewer.add_labels(np.zeros((2, 2), np.int32), name="stack cells")  # name already taken
+    annotate = _dock(viewer, "Annotate cells")
+    assert annotate._image.value.name == "stack"
+    layer = annotate.create_labels_layer()
+    assert layer.name == "stack cells (2)"
+    assert viewer.layers["stack cells"].data.shape == (2, 2)  # the existing layer is untouched
+    assert layer.data.shape == (3, 64, 80) and layer.data.dtype == np.int32
+    np.testing.assert_array_equal(layer.scale, (2, 1, 1))
+    assert layer.mode == "paint"
+    assert layer.brush_size == annotate._brush.value
+    assert layer.selected_label == 1
+    # One key gives a fresh cell id.
+    layer.data[0, :5, :5] = 1
+    layer.data[1, :5, :5] = 4
+    bindings = {str(key): action for key, action in layer.keymap.items()}
+    bindings[NEW_CELL_KEY.upper()](layer)
+    assert layer.selected_label == 5
+    # Automatic mode: every stroke moves on to a new id.
+    annotate._auto_new_id.value = True
+    layer.paint((1, 30, 30), 5)
+    assert layer.selected_label == 6
+
+
+def test_annotate_tidy_and_training_set_with_regions(make_napari_viewer, errors):
+    viewer = make_napari_viewer()
+    image = np.random.default_rng(0).random((3, 40, 40)).astype(np.float32)
+    viewer.add_image(image, name="img")
+    annotate = _dock(viewer, "Annotate cells")
+    labels = annotate.create_labels_layer()
+    data = np.zeros((3, 40, 40), np.int32)
+    data[1, 5:15, 5:15] = 7
+    data[1, 9, 9] = 0  # a hole
+    data[1, 30, 30] = 7  # a stray fragment
+    data[2, 20:30, 20:30] = 3
+    labels.data = data
+
+    annotate.tidy("fill")
+    assert labels.data[1, 9, 9] == 7
+    annotate._min_size.value = 3
+    annotate.tidy("fragments")
+    assert labels.data[1, 30, 30] == 0
+    annotate.tidy("relabel")
+    assert set(np.unique(labels.data)) == {0, 1, 2}
+
+    # Without regions: every plane with cells.
+    assert annotate.add_to_training_set() == 2
+    training_set = annotate._session.training_set
+    assert [e.index for e in training_set] == [(1,), (2,)]
+    assert training_set.n_cells == 2
+    assert "2 planes, 2 cells" in annotate._summary.value
+    assert len(annotate._entries.choices) == 2
+
+    # A finished region drawn on plane 2 only: only that plane, with its mask.
+    regions = annotate.create_regions_layer()
+    assert regions.name == "img finished regions"
+    regions.add_rectangles(np.array([[2, 18, 18], [2, 18, 32], [2, 32, 32], [2, 32, 18]]))
+    training_set.clear()
+    assert annotate.add_to_training_set() == 1
+    (entry,) = list(training_set)
+    assert entry.index == (2,) and entry.mask.sum() == 15 * 15
+    # Adding the same plane again replaces it instead of duplicating it.
+    annotate.add_to_training_set()
+    assert len(training_set) == 1
+
+    # Current plane only.
+    annotate._regions.value = None
+    training_set.clear()
+    annotate._current_only.value = True
+    viewer.dims.set_current_step(0, 1)
+    assert annotate.add_to_training_set() == 1
+    assert [e.index for e in training_set] == [(1,)]
+    annotate._entries.value = [0]
+    annotate._remove_selected()
+    assert len(training_set) == 0
+
+    # Nothing painted on plane 0: a readable error, nothing added.
+    viewer.dims.set_current_step(0, 0)
+    assert annotate.add_to_training_set() == 0
+    assert errors and "no annotated plane" in errors[-1]
+
+
+def test_annotate_rgb_image(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((30, 40, 3), np.uint8), name="rgb", rgb=True, scale=(0.5, 0.5))
+    annotate = _dock(viewer, "Annotate cells")
+    assert annotate._channel_axis.value == "rgb"
+    layer = annotate.create_labels_layer()
+    assert layer.data.shape == (30, 40)
+    np.testing.assert_array_equal(layer.scale, (0.5, 0.5))
+    layer.data[3:9, 3:9] = 1
+    annotate.add_to_training_set()
+    (entry,) = list(annotate._session.training_set)
+    assert entry.image.shape == (3, 30, 40) and entry.channels == 3
+
+
+def test_weight_map_preview_follows_painting(make_napari_viewer, qtbot):
+    from napari_unet.weights import weight_map
+
+    viewer = make_napari_viewer()
+    _add_layers(viewer, make_cells_3d())
+    labels = viewer.layers["synthetic cell stack ground truth"]
+    weights = _dock(viewer, "Weight map")
+    weights._labels.value = labels
+    viewer.dims.set_current_step(0, 5)
+    weights.update_preview()
+    preview = viewer.layers["synthetic cell stack ground truth weight map"]
+    borders = viewer.layers["synthetic cell stack ground truth separating borders"]
+    assert preview.data.shape == (160, 160)  # the current plane only
+    assert preview.colormap.name == "inferno"
+    np.testing.assert_array_equal(preview.scale, labels.scale[-2:])
+    assert borders.data.any()
+    # Touching cells get weights near w0 + w_c between them.
+    assert 8 < preview.data.max() < 14
+
+    # Painting: the preview is recomputed once the user pauses (debounced).
+    before = weights.updates
+    data = labels.data.copy()
+    data[5, 60:100, 60:100] = 0
+    labels.data = data
+    assert weights.updates == before  # not yet: the timer is running
+    qtbot.waitUntil(lambda: weights.updates == before + 1, timeout=3000)
+    np.testing.assert_allclose(preview.data, weight_map(data[5]), rtol=1e-6)
+
+    # Settings change the map and are shared with Train.
+    weights._w0.value = 0.0
+    qtbot.waitUntil(lambda: weights.updates == before + 2, timeout=3000)
+    assert preview.data.max() < 4
+    assert weights._session.weights.w0 == 0.0
+
+    # Moving to another plane recomputes it.
+    viewer.dims.set_current_step(0, 0)
+    qtbot.waitUntil(lambda: weights.updates == before + 3, timeout=3000)
+    assert "plane 0" in weights._info.value
+
+
+def test_weight_map_is_interactive_on_512px_with_100_cells(make_napari_viewer):
+    from napari_unet._sample_data import synthetic_cells
+
+    viewer = make_napari_viewer()
+    _, labels = synthetic_cells((512, 512), radius=(16, 24), seed=1)
+    assert labels.max() >= 100
+    layer = viewer.add_labels(labels, name="big")
+    weights = _dock(viewer, "Weight map")
+    weights._labels.value = layer
+    weights.update_preview()  # creates the layers
+    times = []
+    for _ in range(3):
+        weights.update_preview()
+        times.append(weights.last_ms)
+    # Measured ~40 ms on 2 CPU cores; the bound only catches a gross regression.
+    assert min(times) < 250
+
+
+def test_predict_stack_alignment_and_cancel(make_napari_viewer, qtbot, tiny_model):
+    viewer = make_napari_viewer()
+    _add_layers(viewer, make_cells_3d())
+    image = viewer.layers["synthetic cell stack"]
+    image.translate = (4.0, 10.0, -5.0)
+    predict = _dock(viewer, "Predict")
+    predict._model.value = "__file__"
+    predict._model_file.value = tiny_model
+    assert "1 channel(s) in" in predict._model_info.value
+    predict._image.value = image
+    predict._probabilities.value = True
+    worker = predict.start()
+    assert worker is not None and not predict._run.enabled
+    _wait_idle(qtbot, predict)
+    result = viewer.layers["synthetic cell stack cells (predicted)"]
+    assert result.data.shape == image.data.shape
+    assert result.data.dtype == np.uint32
+    np.testing.assert_array_equal(result.scale, image.scale)
+    np.testing.assert_array_equal(result.translate, image.translate)
+    probability = viewer.layers["synthetic cell stack cell probability"]
+    assert probability.data.shape == image.data.shape
+    assert 0 <= probability.data.min() and probability.data.max() <= 1
+    assert predict._progress.value == 1000 and predict._run.enabled
+
+    # A second run never overwrites the first result.
+    predict._probabilities.value = False
+    predict.start()
+    _wait_idle(qtbot, predict)
+    assert "synthetic cell stack cells (predicted) (2)" in viewer.layers
+
+    # Cancel: test-time augmentation on 12 planes is long enough to stop mid-way.
+    n_layers = len(viewer.layers)
+    predict._tta.value = True
+    predict.start()
+    qtbot.waitUntil(lambda: predict._progress.value > 0, timeout=20_000)
+    started = time.perf_counter()
+    predict.cancel()
+    _wait_idle(qtbot, predict, timeout=5000)
+    assert time.perf_counter() - started < 2.0
+    assert len(viewer.layers) == n_layers
+    assert "cancelled" in predict._status.value
+
+
+def test_predict_channel_axis_and_rgb(make_napari_viewer, qtbot, tmp_path, errors):
+    two = tmp_path / "two.safetensors"
+    save_model(UNet(in_channels=2, depth=1, base_channels=2, num_classes=2), two, metadata={})
+    three = tmp_path / "three.safetensors"
+    save_model(UNet(in_channels=3, depth=1, base_channels=2, num_classes=3), three, metadata={})
+    viewer = make_napari_viewer()
+    rng = np.random.default_rng(0)
+    # A time series of two-channel images: (T, C, Y, X), channel axis 1.
+    series = viewer.add_image(
+        rng.random((3, 2, 40, 48)).astype(np.float32),
+        name="series",
+        scale=(5.0, 1.0, 0.5, 0.5),
+        translate=(0.0, 0.0, 3.0, 4.0),
+    )
+    rgb = viewer.add_image(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8), name="rgb", rgb=True)
+    predict = _dock(viewer, "Predict")
+    predict._model.value = "__file__"
+    predict._model_file.value = two
+    predict._image.value = series
+    assert predict._channel_axis.value == 1  # suggested: the axis with 2 entries
+    predict.start()
+    _wait_idle(qtbot, predict)
+    out = viewer.layers["series cells (predicted)"]
+    assert out.data.shape == (3, 40, 48)
+    np.testing.assert_array_equal(out.scale, (5.0, 0.5, 0.5))
+    np.testing.assert_array_equal(out.translate, (0.0, 3.0, 4.0))
+
+    # Wrong channel count: refused before starting, with a readable message.
+    predict._channel_axis.value = None
+    assert predict.start() is None
+    assert "expects 2 channel(s)" in errors[-1]
+
+    predict._model_file.value = three
+    predict._image.value = rgb
+    predict.start()
+    _wait_idle(qtbot, predict)
+    assert viewer.layers["rgb cells (predicted)"].data.shape == (40, 48)
+
+
+def test_errors_in_the_worker_reach_napari_notifications(
+    make_napari_viewer, qtbot, tiny_model, monkeypatch
+):
+    from napari.utils.notifications import notification_manager
+
+    received = []
+    monkeypatch.setattr(
+        notification_manager, "receive_error", lambda *args: received.append(args[1])
+    )
+
+    def broken(*args, **kwargs):
+        yield from ()
+        raise ValueError("the model file went missing")
+
+    monkeypatch.setattr("napari_unet._widgets.predict.predict_job", broken)
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((32, 32), np.float32), name="img")
+    predict = _dock(viewer, "Predict")
+    predict._model.value = "__file__"
+    predict._model_file.value = tiny_model
+    predict.start()
+    _wait_idle(qtbot, predict)
+    assert [str(e) for e in received] == ["the model file went missing"]
+    assert "failed" in predict._status.value and predict._run.enabled
+
+
+def test_train_validates_before_starting(make_napari_viewer, errors, tmp_path):
+    viewer = make_napari_viewer()
+    train = _dock(viewer, "Train")
+    train._out_dir.value = tmp_path
+    assert train.start() is None
+    assert "training set is empty" in errors[-1]
+    assert train.worker is None and train._start.enabled
+
+
+def test_end_to_end_annotate_weights_train_predict(make_napari_viewer, qtbot, tmp_path):
+    viewer = make_napari_viewer()
+    _add_layers(viewer, make_cells_2d())
+    _add_layers(viewer, make_cells_3d())
+    annotate = _dock(viewer, "Annotate cells")
+    weights = _dock(viewer, "Weight map")
+    train = _dock(viewer, "Train")
+    predict = _dock(viewer, "Predict")
+
+    # Annotate: the 2D sample's ground truth plus a few cells painted on a new layer.
+    annotate._image.value = viewer.layers["synthetic cells"]
+    annotate._labels.value = viewer.layers["synthetic cells ground truth"]
+    assert annotate.add_to_training_set() == 1
+    painted = annotate.create_labels_layer()
+    painted.paint((40, 40), 1)
+    painted.paint((90, 90), 2)
+    annotate._labels.value = painted
+    assert annotate.add_to_training_set() == 1
+    assert len(annotate._session.training_set) == 2
+
+    # Preview the weight map; its settings reach Train.
+    weights._labels.value = viewer.layers["synthetic cells ground truth"]
+    weights._sigma.value = 4.0
+    weights.update_preview()
+    assert "synthetic cells ground truth weight map" in viewer.layers
+    assert "σ = 4 px" in train._weights_info.value
+    assert "2 planes" in train._set_info.value
+
+    # Train a tiny model in the worker.
+    _tiny_training(train, tmp_path, iterations=4)
+    train.start()
+    _wait_idle(qtbot, train)
+    result = train.result
+    assert result is not None and not result.cancelled and result.iterations == 4
+    assert result.best_path.is_file()
+    assert train.plot.points("loss")[0] == [1, 2, 3, 4]
+    assert "Finished at iteration 4" in train._status.value
+    model, meta = load_model(result.best_path)
+    assert meta["training"]["config"]["sigma"] == 4.0
+    assert model.depth == 1 and model.num_classes == 3
+
+    # The new model is offered (and chosen) in Predict.
+    assert predict._model.value == result.best_path
+    predict._image.value = viewer.layers["synthetic cell stack"]
+    predict.start()
+    _wait_idle(qtbot, predict)
+    out = viewer.layers["synthetic cell stack cells (predicted)"]
+    assert out.data.shape == (12, 160, 160)
+    np.testing.assert_array_equal(out.scale, (2.0, 1.0, 1.0))
+
+
+def _probe_event_loop(qtbot, until, timeout_s=60.0, interval_ms=10):
+    """Largest delay (s) of a 10 ms QTimer beyond its interval while ``until()`` is False."""
+    from qtpy.QtCore import QTimer
+
+    delays = []
+    last = [time.perf_counter()]
+
+    def tick():
+        now = time.perf_counter()
+        delays.append(now - last[0] - interval_ms / 1000)
+        last[0] = now
+
+    timer = QTimer()
+    timer.timeout.connect(tick)
+    timer.start(interval_ms)
+    try:
+        qtbot.waitUntil(until, timeout=int(timeout_s * 1000))
+    finally:
+        timer.stop()
+    return max(delays) if delays else float("nan"), len(delays)
+
+
+def test_stop_keeps_last_model_and_gui_stays_responsive(make_napari_viewer, qtbot, tmp_path):
+    viewer = make_napari_viewer()
+    _add_layers(viewer, make_cells_2d())
+    annotate = _dock(viewer, "Annotate cells")
+    annotate.add_to_training_set()
+    train = _dock(viewer, "Train")
+    _tiny_training(train, tmp_path, iterations=100_000)
+    train.start()
+    # The event loop keeps running while training: measure its largest delay.
+    begun = time.perf_counter()
+    worst, ticks = _probe_event_loop(
+        qtbot, lambda: len(train._losses) >= 20 and time.perf_counter() - begun > 1.0
+    )
+    assert ticks > 10
+    assert worst < 1.0, f"the GUI froze for {worst:.2f} s while training"
+    started = time.perf_counter()
+    train.stop()
+    _wait_idle(qtbot, train, timeout=5000)
+    stopped_after = time.perf_counter() - started
+    assert stopped_after < 2.0
+    result = train.result
+    assert result.cancelled and 20 <= result.iterations < 100_000
+    _model, meta = load_model(result.best_path)  # the last good model loads
+    assert meta["training"]["cancelled"] and meta["training"]["iteration"] == result.iterations
+    assert "Stopped at iteration" in train._status.value
+    assert train._session.models[0].path == result.best_path
+
+
+def test_closing_the_dock_stops_training(make_napari_viewer, qtbot, tmp_path):
+    viewer = make_napari_viewer()
+    _add_layers(viewer, make_cells_2d())
+    _dock(viewer, "Annotate cells").add_to_training_set()
+    train = _dock(viewer, "Train")
+    _tiny_training(train, tmp_path, iterations=100_000)
+    train.start()
+    qtbot.waitUntil(lambda: len(train._losses) >= 2, timeout=30_000)
+    viewer.window.remove_dock_widget(train.native)
+    assert train._stop.is_set()
+    assert train._done.wait(5.0)
+    _wait_idle(qtbot, train, timeout=5000)
+    assert train.result.cancelled
+
+
+def test_closing_the_viewer_stops_training_and_saves(make_napari_viewer, qtbot, tmp_path):
+    viewer = make_napari_viewer()
+    _add_layers(viewer, make_cells_2d())
+    _dock(viewer, "Annotate cells").add_to_training_set()
+    train = _dock(viewer, "Train")
+    _tiny_training(train, tmp_path, iterations=100_000)
+    train.start()
+    qtbot.waitUntil(lambda: len(train._losses) >= 2, timeout=30_000)
+    done = train._done
+    viewer.close()
+    # Closing waits (at most CLOSE_WAIT_S) for the engine to save and return.
+    assert done.is_set()
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["cells.last.safetensors", "cells.safetensors"]
+    _, meta = load_model(tmp_path / "cells.safetensors")
+    assert meta["training"]["cancelled"]
+    qtbot.wait(50)  # let the worker's queued signals arrive at the (now inert) widget
