@@ -205,7 +205,7 @@ def _document(model: nn.Module, metadata: Mapping[str, Any] | None) -> dict[str,
         "arguments": arguments,
         "in_channels": arguments.get("in_channels"),
         "num_classes": arguments.get("num_classes"),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "package_version": __version__,
     }
     reserved = {"format", "format_version", "architecture", "arguments", "package_version"}

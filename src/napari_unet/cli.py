@@ -9,8 +9,9 @@ stderr naming the problem), 130 on Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -487,6 +488,13 @@ def _add_train(subparsers) -> None:
     )
     opt.add_argument("--seed", type=int, default=0)
     opt.add_argument("--quiet", action="store_true", help="no progress bar")
+    opt.add_argument(
+        "--distributed",
+        action="store_true",
+        help="data-parallel training on the processes torchrun starts (torchrun "
+        "--nproc_per_node N -m napari_unet.cli train ... --distributed); --batch-size is "
+        "the global batch, split across them; only rank 0 prints and writes files",
+    )
     parser.set_defaults(func=_run_train)
 
 
@@ -498,6 +506,18 @@ def _run_train(args: argparse.Namespace) -> int:
 
     if bool(args.val_images) != bool(args.val_labels):
         raise CommandError("--val-images and --val-labels go together")
+    main_rank = True
+    if args.distributed:
+        from . import distributed
+
+        if not (distributed.is_distributed() or distributed.env_ready()):
+            raise CommandError(
+                "--distributed needs the torchrun environment: start with `torchrun "
+                "--nproc_per_node N -m napari_unet.cli train ... --distributed`"
+            )
+        # Only rank 0 prints; every rank checks the same things and fails alike.
+        main_rank = distributed.rank() == 0
+        args.quiet = args.quiet or not main_rank
     out = Path(args.out)
     if not out.parent.is_dir():
         raise CommandError(f"--out: folder {out.parent} does not exist")
@@ -522,6 +542,7 @@ def _run_train(args: argparse.Namespace) -> int:
             checkpoint_every=args.val_every,
             seed=args.seed,
             device=args.device,
+            distributed=args.distributed,
         )
     except ValueError as err:
         raise CommandError(str(err)) from err
@@ -542,7 +563,8 @@ def _run_train(args: argparse.Namespace) -> int:
         previous = stored.get("training") or {}
         resume = optimizer_state is not None and not previous.get("finished", True)
         what = "resuming" if resume else "fine-tuning"
-        print(f"{what} from {args.resume} ({previous.get('iteration', '?')} iterations)")
+        if main_rank:
+            print(f"{what} from {args.resume} ({previous.get('iteration', '?')} iterations)")
         model = args.resume
     else:
         first = samples[0]
@@ -605,6 +627,12 @@ def _run_train(args: argparse.Namespace) -> int:
         bar.close()
         if previous_handler is not None:
             signal.signal(signal.SIGINT, previous_handler)
+        if args.distributed:
+            from . import distributed
+
+            distributed.cleanup()
+    if not main_rank:
+        return 130 if result.cancelled else 0
 
     best = result.best
     summary = f"{result.iterations} iterations"
@@ -689,7 +717,14 @@ def _add_predict(subparsers) -> None:
             "--probabilities, DIR/probabilities/<name>.tif (float32 class probabilities,\n"
             "classes first). `napari-unet evaluate --pred DIR --gt LABELS` then pairs the\n"
             "label images with the ground truth by name. Existing outputs are never\n"
-            "replaced without --overwrite."
+            "replaced without --overwrite.\n\n"
+            "Chunked mode, for images larger than memory: when an INPUT is a Zarr or\n"
+            "OME-Zarr store (the first multiscale level is read), a TIFF over 1 GiB, or\n"
+            "--out ends in .zarr, or --chunks or --scheduler is given, images are read,\n"
+            "predicted and written chunk by chunk with Dask (peak memory set by the chunk\n"
+            "size) and the outputs are OME-Zarr images: DIR/<name>.zarr (uint32 labels,\n"
+            "ids merged across chunks) and DIR/probabilities/<name>.zarr. --out NAME.zarr\n"
+            "(one INPUT) writes NAME.zarr and probabilities/NAME.zarr beside it."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -710,6 +745,26 @@ def _add_predict(subparsers) -> None:
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, mps")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    chunked = parser.add_argument_group("chunked mode (Zarr, large TIFF)")
+    chunked.add_argument(
+        "--chunks",
+        metavar="N[,N]",
+        help="spatial chunk side(s) in pixels for prediction (default: the input's chunks, "
+        "clamped to 256-2048; 512 for TIFF)",
+    )
+    chunked.add_argument(
+        "--scheduler",
+        metavar="SCHEDULER",
+        help="Dask scheduler: threads (default), synchronous, or the address of a "
+        "dask.distributed scheduler (tcp://host:8786); workers must see the output folder",
+    )
+    chunked.add_argument(
+        "--labels-margin",
+        type=int,
+        default=64,
+        metavar="PX",
+        help="context each chunk is labelled with; should exceed the largest cell (default 64)",
+    )
     parser.set_defaults(func=_run_predict)
 
 
@@ -768,6 +823,8 @@ def _run_predict(args: argparse.Namespace) -> int:
         raise CommandError(f"--model: {err}") from err
     if getattr(model, "spatial_dims", 2) != 2:
         raise CommandError("predict supports 2D models only")
+    if _wants_chunked(args):
+        return _run_predict_chunked(args, model, normalize)
     inputs: list[Path] = []
     for item in args.inputs:
         try:
@@ -835,6 +892,389 @@ def _run_predict(args: argparse.Namespace) -> int:
             print(f"{path.name}: {count} objects -> {', '.join(str(n) for n in names)}")
     finally:
         bar.close()
+    return 0
+
+
+# -- predict, chunked mode: Zarr / OME-Zarr / large TIFF through Dask ----------------------
+
+# TIFFs larger than this (decoded) are predicted chunk by chunk.
+_IN_MEMORY_LIMIT = 2**30
+
+
+def _wants_chunked(args: argparse.Namespace) -> bool:
+    from .io import is_zarr
+
+    if args.chunks or args.scheduler or Path(args.out).suffix.lower() == ".zarr":
+        return True
+    return any(
+        is_zarr(item) or _tiff_nbytes(Path(item)) > _IN_MEMORY_LIMIT for item in args.inputs
+    )
+
+
+def _tiff_nbytes(path: Path) -> int:
+    """Decoded size of a TIFF file's first series (0 for anything else)."""
+    if path.suffix.lower() not in (".tif", ".tiff") or not path.is_file():
+        return 0
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            return int(np.prod(series.shape)) * np.dtype(series.dtype).itemsize
+    except (OSError, ValueError):
+        return 0  # read_image reports the problem
+
+
+def _chunked_inputs(items: Sequence[str]) -> list[Path]:
+    from .io import is_zarr, list_images
+
+    inputs: list[Path] = []
+    for item in items:
+        if is_zarr(item):
+            if not Path(item).exists():
+                raise CommandError(f"no such file or folder: {item}")
+            inputs.append(Path(item))
+            continue
+        try:
+            found = list_images(item)
+        except (FileNotFoundError, ValueError) as err:
+            raise CommandError(str(err)) from err
+        tiffs = [p for p in found if p.suffix.lower() in (".tif", ".tiff")]
+        if not tiffs:
+            raise CommandError(f"no Zarr store or TIFF file in {item} (chunked mode)")
+        inputs.extend(tiffs)
+    return inputs
+
+
+def _parse_chunks(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        sizes = [int(part) for part in text.split(",")]
+    except ValueError:
+        sizes = []
+    if len(sizes) not in (1, 2) or min(sizes) < 1:
+        raise CommandError(f"--chunks must be N or N,N (positive pixels), got {text!r}")
+    return (sizes[0], sizes[-1])
+
+
+class _Layout:
+    """A chunked input arranged for prediction: data, channel axis, axis names, pixel sizes."""
+
+    def __init__(self, data, channel_axis: int | None, axes: list[str], scale: list[float]):
+        self.data = data
+        self.channel_axis = channel_axis
+        self.axes = axes
+        self.scale = scale
+
+    @property
+    def leading(self) -> list[int]:
+        """Axes that are neither channels nor (Y, X): predicted plane by plane."""
+        return [a for a in range(self.data.ndim - 2) if a != self.channel_axis]
+
+
+def _chunked_layout(path: Path, image, channels: int, channel_axis: int | None) -> _Layout:
+    import dask.array as da
+
+    data, axes, scale = image.data, list(image.axes), list(image.scale)
+    shape = data.shape
+    if data.ndim < 2 or not np.issubdtype(data.dtype, np.number):
+        raise CommandError(f"{path}: expected a numeric (..., Y, X) array, got {data}")
+    if channel_axis is not None:
+        if not -data.ndim <= channel_axis < data.ndim:
+            raise CommandError(f"--channel-axis {channel_axis} is out of range for shape {shape}")
+        axis = channel_axis % data.ndim
+    elif image.channel_axis is not None:
+        axis = image.channel_axis
+    elif channels == 1:
+        axis = None
+    else:
+        candidates = [a for a in range(data.ndim - 2) if shape[a] == channels]
+        if not candidates and shape[-1] == channels and data.ndim >= 3:
+            candidates = [data.ndim - 1]
+        if not candidates:
+            raise CommandError(
+                f"{path} (shape {shape}) has no axis of {channels} channels, which the model "
+                "expects; pass --channel-axis"
+            )
+        axis = candidates[0]
+    if axis is not None:
+        if shape[axis] != channels:
+            raise CommandError(
+                f"{path}: axis {axis} has {shape[axis]} entries, the model expects "
+                f"{channels} channel(s)"
+            )
+        if axis >= data.ndim - 2:  # channels last: the last two axes must be (Y, X)
+            data = da.moveaxis(data, axis, 0)
+            axes.insert(0, axes.pop(axis))
+            scale.insert(0, scale.pop(axis))
+            axis = 0
+    return _Layout(data, axis, axes, scale)
+
+
+def _plane_percentiles(moved, low: float, high: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per channel and plane percentiles of a (C, ..., Y, X) Dask array, one plane at a time.
+
+    Integer images of up to 16 bits: exact (NumPy's linear interpolation),
+    from histograms summed over the chunks. Other dtypes: from a regular
+    subsample of at most ~4 million pixels per plane.
+    """
+    import dask
+
+    dtype = moved.dtype
+    exact = np.issubdtype(dtype, np.integer) and dtype.itemsize <= 2
+    lo = np.empty(moved.shape[:-2], np.float32)
+    hi = np.empty(moved.shape[:-2], np.float32)
+    for index in np.ndindex(*moved.shape[1:-2]):
+        plane = moved[(slice(None), *index)]
+        if exact:
+            first = int(np.iinfo(dtype).min)
+            bins = 2 ** (8 * dtype.itemsize)
+            parts = [
+                dask.delayed(_block_histogram)(block, first, bins)
+                for block in plane.to_delayed().ravel()
+            ]
+            counts = dask.delayed(sum)(parts).compute()
+            values = np.stack([_histogram_percentiles(c, first, (low, high)) for c in counts])
+        else:
+            step = max(1, int(np.ceil(np.sqrt(plane.shape[-2] * plane.shape[-1] / 4e6))))
+            sample = plane[:, ::step, ::step].compute().astype(np.float32)
+            values = np.percentile(sample, [low, high], axis=(-2, -1)).T
+        lo[(slice(None), *index)] = values[:, 0]
+        hi[(slice(None), *index)] = values[:, 1]
+    return lo, hi
+
+
+def _block_histogram(block: np.ndarray, first: int, bins: int) -> np.ndarray:
+    """Counts of every value per channel of a (C, y, x) block."""
+    flat = block.reshape(block.shape[0], -1).astype(np.int64) - first
+    return np.stack([np.bincount(row, minlength=bins) for row in flat])
+
+
+def _histogram_percentiles(counts: np.ndarray, first: int, qs: Sequence[float]) -> np.ndarray:
+    """``np.percentile(values, qs)`` (linear method) from a histogram of integer values."""
+    cumulative = np.cumsum(counts)
+    n = int(cumulative[-1])
+    out = []
+    for q in qs:
+        position = (n - 1) * q / 100.0
+        k = int(np.floor(position))
+        below = np.searchsorted(cumulative, k, side="right") + first
+        above = np.searchsorted(cumulative, min(k + 1, n - 1), side="right") + first
+        out.append(np.float32(below + (position - k) * (above - below)))
+    return np.array(out, np.float32)
+
+
+def _normalize_chunked(layout: _Layout, normalize):
+    """The model's normalisation applied lazily to a chunked image (float32)."""
+    import dask.array as da
+
+    data = layout.data
+    if normalize.scope == "none":
+        return data.astype(np.float32)
+    axis = layout.channel_axis
+    moved = data[np.newaxis] if axis is None else da.moveaxis(data, axis, 0)
+    moved = moved.rechunk({0: -1})
+    if normalize.scope == "dataset":
+        if normalize.lo is None or moved.shape[0] != len(normalize.lo):
+            raise CommandError(
+                f"the model's dataset normalisation does not fit {moved.shape[0]} channel(s)"
+            )
+        shape = (-1,) + (1,) * (moved.ndim - 1)
+        lo = np.asarray(normalize.lo, np.float32).reshape(shape)
+        hi = np.asarray(normalize.hi, np.float32).reshape(shape)
+        out = (moved.astype(np.float32) - lo) / (hi - lo + 1e-6)
+    else:
+        lo, hi = _plane_percentiles(moved, normalize.low, normalize.high)
+        lo, hi = lo[..., np.newaxis, np.newaxis], hi[..., np.newaxis, np.newaxis]
+        # As percentile_normalize: (x - lo) / (hi - lo + eps) in float32.
+        out = (moved.astype(np.float32) - lo) / (hi - lo + np.float32(1e-6))
+    out = out.astype(np.float32)
+    return out[0] if axis is None else da.moveaxis(out, 0, axis)
+
+
+@contextlib.contextmanager
+def _dask_scheduler(spec: str | None) -> Iterator[object]:
+    """Run Dask computations on the threaded scheduler, synchronously, or on a cluster."""
+    import dask
+
+    if spec in (None, "threads", "synchronous"):
+        with dask.config.set(scheduler=spec or "threads"):
+            yield None
+        return
+    if "://" not in spec:
+        raise CommandError(
+            f"--scheduler must be threads, synchronous or a scheduler address such as "
+            f"tcp://host:8786, got {spec!r}"
+        )
+    try:
+        from distributed import Client
+    except ImportError as err:
+        raise CommandError(
+            f"--scheduler {spec} needs dask.distributed ({err}); pip install distributed"
+        ) from err
+    try:
+        client = Client(spec, timeout="10s")
+    except (OSError, TimeoutError) as err:
+        raise CommandError(f"--scheduler: cannot connect to {spec}: {err}") from err
+    # Closing the client leaves the cluster running for others.
+    with client:
+        yield client
+
+
+def _store(array, target, quiet: bool, client: object, what: str) -> None:
+    """Write a Dask array into a Zarr array chunk by chunk (zarr chunks = dask chunks)."""
+    import dask.array as da
+
+    array = array.rechunk(target.chunks)
+    if quiet or client is not None:
+        da.store(array, target, lock=False)
+        return
+    from dask.diagnostics import ProgressBar
+
+    print(what, file=sys.stderr, flush=True)
+    with ProgressBar(out=sys.stderr):
+        da.store(array, target, lock=False)
+
+
+def _run_predict_chunked(args: argparse.Namespace, model, normalize) -> int:
+    import shutil
+    import tempfile
+
+    import dask.array as da
+
+    try:
+        import zarr
+    except ImportError as err:
+        raise CommandError(
+            f"chunked mode (Zarr, large TIFF) needs zarr ({err}); pip install 'zarr>=3'"
+        ) from err
+
+    from .io import create_ome_zarr, open_chunked
+    from .postprocess import labels_dask
+    from .tiling import predict_dask
+
+    if args.tta:
+        raise CommandError("--tta is not available in chunked mode (Zarr, large TIFF)")
+    inputs = _chunked_inputs(args.inputs)
+    chunks = _parse_chunks(args.chunks)
+    if args.labels_margin < 1:
+        raise CommandError(f"--labels-margin must be >= 1, got {args.labels_margin}")
+    out = Path(args.out)
+    if out.suffix.lower() == ".zarr":
+        if len(inputs) != 1:
+            raise CommandError(
+                f"--out {out} names one output store but there are {len(inputs)} inputs; "
+                "give a folder"
+            )
+        folder, stems = out.parent, [out.stem]
+    else:
+        if out.exists() and not out.is_dir():
+            raise CommandError(f"--out {out} is a file, expected a folder")
+        folder, stems = out, [p.name[: -len(p.suffix)] if p.suffix else p.name for p in inputs]
+    duplicates = sorted({s for s in stems if stems.count(s) > 1})
+    if duplicates:
+        raise CommandError(f"two inputs would write the same outputs: {', '.join(duplicates)}")
+    targets = [
+        (
+            folder / f"{stem}.zarr",
+            folder / "probabilities" / f"{stem}.zarr" if args.probabilities else None,
+        )
+        for stem in stems
+    ]
+    sources = {p.resolve() for p in inputs}
+    for names in targets:
+        for target in names:
+            if target is not None and target.resolve() in sources:
+                raise CommandError(f"{target} is an input; choose another --out")
+    existing = [str(p) for names in targets for p in names if p is not None and p.exists()]
+    if existing and not args.overwrite:
+        shown = ", ".join(existing[:3]) + (" ..." if len(existing) > 3 else "")
+        raise CommandError(f"{shown} exists; pass --overwrite to replace")
+    folder.mkdir(parents=True, exist_ok=True)
+    if args.probabilities:
+        (folder / "probabilities").mkdir(exist_ok=True)
+
+    with _dask_scheduler(args.scheduler) as client:
+        for path, (labels_path, probs_path) in zip(inputs, targets, strict=True):
+            try:
+                image = open_chunked(path)
+            except (FileNotFoundError, ValueError) as err:
+                raise CommandError(str(err)) from err
+            layout = _chunked_layout(path, image, model.in_channels, args.channel_axis)
+            data = layout.data
+            spatial = (data.ndim - 2, data.ndim - 1)
+            sides = chunks or tuple(
+                int(min(max(max(data.chunks[ax]), 256), 2048)) for ax in spatial
+            )
+            layout.data = data.rechunk(
+                {
+                    **{ax: 1 for ax in layout.leading},
+                    **({layout.channel_axis: -1} if layout.channel_axis is not None else {}),
+                    **dict(zip(spatial, sides, strict=True)),
+                }
+            )
+            try:
+                probs = predict_dask(
+                    model,
+                    _normalize_chunked(layout, normalize),
+                    channel_axis=layout.channel_axis,
+                    tile_shape=None if args.tile is None else (args.tile, args.tile),
+                    batch_size=args.batch_size,
+                    device=args.device,
+                )
+            except ValueError as err:
+                raise CommandError(f"{path}: {err}") from err
+            lead_axes = [layout.axes[a] for a in layout.leading]
+            lead_scale = [layout.scale[a] for a in layout.leading]
+            yx_axes, yx_scale = layout.axes[-2:], layout.scale[-2:]
+            block = (*(1,) * len(lead_axes), probs.chunks[-2][0], probs.chunks[-1][0])
+            # Probabilities go to the output, or to a scratch store beside it: the
+            # labels need them twice (the id lookup, then the labels themselves).
+            scratch = None
+            if probs_path is None:
+                scratch = Path(tempfile.mkdtemp(prefix=f".{labels_path.stem}-", dir=folder))
+            store_path = probs_path or scratch / "probabilities.zarr"
+            try:
+                target = create_ome_zarr(
+                    store_path,
+                    shape=probs.shape,
+                    chunks=(probs.shape[0], *block),
+                    dtype=np.float32,
+                    axes=["c", *lead_axes, *yx_axes],
+                    scale=[1.0, *lead_scale, *yx_scale],
+                    name=f"{labels_path.stem} probabilities",
+                )
+                _store(probs, target, args.quiet, client, f"{path.name}: predicting")
+                # A zarr.Array, not a Dask array: each labelling task reads its own
+                # chunk and margins, so no chunk waits in memory for its neighbours.
+                stored = zarr.open_array(str(store_path / "0"), mode="r")
+                labels = labels_dask(
+                    stored,
+                    margin=args.labels_margin,
+                    spatial_dims=2,
+                    threshold=args.threshold,
+                    compute_lookup=True,
+                )
+                target = create_ome_zarr(
+                    labels_path,
+                    shape=labels.shape,
+                    chunks=block,
+                    dtype=np.uint32,
+                    axes=[*lead_axes, *yx_axes],
+                    scale=[*lead_scale, *yx_scale],
+                    name=labels_path.stem,
+                    label=True,
+                )
+                _store(labels, target, args.quiet, client, f"{path.name}: labelling")
+            except ValueError as err:
+                raise CommandError(f"{path}: {err}") from err
+            finally:
+                if scratch is not None:
+                    shutil.rmtree(scratch, ignore_errors=True)
+            count = int(da.from_zarr(str(labels_path), component="0").max().compute())
+            written = ", ".join(str(n) for n in (labels_path, probs_path) if n is not None)
+            print(f"{path.name}: {count} objects -> {written}")
     return 0
 
 
@@ -968,6 +1408,128 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 _COMMANDS.append(_add_demo)
+
+
+# ---------------------------------------------------------------------------
+# export: bioimage.io model packages and ONNX
+# ---------------------------------------------------------------------------
+
+
+def _add_export(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "export",
+        help="write a model as a bioimage.io package or ONNX file",
+        description=(
+            "Export a model file for other tools.\n"
+            "  --format bioimageio: a bioimage.io model package (rdf.yaml, TorchScript and\n"
+            "    state-dict weights, test tensors, cover, documentation) for deepImageJ,\n"
+            "    ilastik, QuPath and bioimageio.core; --out ending in .zip writes a zip,\n"
+            "    otherwise a folder. napari-unet reads the package back (load_model).\n"
+            "  --format onnx: the network with its softmax as one .onnx file, checked\n"
+            "    against PyTorch with onnxruntime. The input must be normalised already.\n"
+            "Needs the export extra: pip install 'napari-unet[export]'."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("model", metavar="MODEL", help="model file (.safetensors)")
+    parser.add_argument(
+        "--format",
+        choices=("bioimageio", "onnx"),
+        default="bioimageio",
+        help="default: %(default)s",
+    )
+    parser.add_argument(
+        "--out", required=True, metavar="PATH", help="package .zip / folder, or .onnx file"
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    group = parser.add_argument_group("bioimage.io options")
+    group.add_argument("--name", help="model name (default: from --out)")
+    group.add_argument("--description", help="one-line description")
+    group.add_argument(
+        "--author", action="append", metavar="NAME", help="author name (repeat for several)"
+    )
+    group.add_argument(
+        "--license", default="CC-BY-4.0", help="SPDX licence of the weights (default: %(default)s)"
+    )
+    group.add_argument(
+        "--sample",
+        metavar="IMAGE",
+        help="a typical raw image for the test tensors and cover (default: synthetic)",
+    )
+    group.add_argument("--tag", action="append", metavar="TAG", help="extra tag (repeatable)")
+    group.add_argument(
+        "--onnx-weights", action="store_true", help="also include ONNX weights in the package"
+    )
+    group.add_argument(
+        "--no-validate", action="store_true", help="skip the bioimageio.spec validation"
+    )
+    group.add_argument(
+        "--test",
+        action="store_true",
+        help="also run bioimageio.core's model test (inference with every weight format)",
+    )
+    parser.set_defaults(func=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from ._modelfile import ModelFileError, load_model
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise CommandError(f"{out} exists; pass --overwrite to replace it")
+    if not out.resolve().parent.is_dir():
+        raise CommandError(f"--out: folder {out.parent} does not exist")
+    if args.format == "onnx" and out.suffix.lower() != ".onnx":
+        raise CommandError(f"--out {out}: an ONNX export needs a file name ending in .onnx")
+    try:
+        model, meta = load_model(args.model)
+    except (FileNotFoundError, ModelFileError) as err:
+        raise CommandError(f"MODEL: {err}") from err
+    sample = None
+    if args.sample:
+        from .io import read_image
+
+        try:
+            sample = read_image(args.sample)
+        except (OSError, ValueError) as err:
+            raise CommandError(f"--sample: {err}") from err
+        if (
+            sample.ndim == model.spatial_dims + 1
+            and sample.shape[-1] in (3, 4)
+            and sample.shape[0] != model.in_channels
+        ):
+            # Colour images are read (Y, X, C); the model wants channels first.
+            sample = np.moveaxis(sample, -1, 0)
+    from . import export
+
+    try:
+        if args.format == "onnx":
+            path = export.export_onnx((model, meta), out, overwrite=args.overwrite)
+        else:
+            weights = ("pytorch_state_dict", "torchscript") + (
+                ("onnx",) if args.onnx_weights else ()
+            )
+            path = export.export_bioimageio(
+                (model, meta),
+                out,
+                name=args.name,
+                description=args.description,
+                authors=args.author,
+                license=args.license,
+                sample=sample,
+                weights=weights,
+                tags=args.tag or (),
+                overwrite=args.overwrite,
+                validate=not args.no_validate,
+                test=args.test,
+            )
+    except (ImportError, FileExistsError, FileNotFoundError, ValueError, RuntimeError) as err:
+        raise CommandError(str(err)) from err
+    print(f"wrote {path}")
+    return 0
+
+
+_COMMANDS.append(_add_export)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -622,7 +622,7 @@ def export_bioimageio(
                 | ({"unetplusplus"} if arch_title == "U-Net++" else set())
                 | set(tags)
             ),
-            "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "timestamp": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             "inputs": [
                 {
                     "id": "input",

@@ -156,6 +156,12 @@ class TrainConfig:
     amp : bool
         Mixed precision on CUDA (bfloat16 where supported, else float16 with
         gradient scaling); ignored elsewhere.
+    distributed : bool
+        Data-parallel training over the processes ``torchrun`` started
+        (``DistributedDataParallel``; see :mod:`napari_unet.distributed`).
+        ``batch_size`` stays the global batch: each of the N ranks trains on
+        its ``batch_size / N`` share of the same tiles a single process
+        would draw. Only rank 0 writes files.
     """
 
     iterations: int = 1000
@@ -187,6 +193,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     amp: bool = True
+    distributed: bool = False
 
     def __post_init__(self) -> None:
         if self.tile_shape is not None:
@@ -542,7 +549,15 @@ def _autocast(device: torch.device, config: TrainConfig) -> tuple[Any, torch.dty
 
 
 class _Batcher:
-    """Draws augmented batches of tiles; all randomness comes from the seeded generators."""
+    """Draws augmented batches of tiles; all randomness comes from the seeded generators.
+
+    Each slot ``k`` of the global batch has its own generator (plane,
+    position and augmentation of tile ``k`` in every iteration): slot 0 is
+    seeded with ``seed`` (so a batch of one draws what it always drew), slot
+    ``k > 0`` with ``(seed, k)``. A rank that owns slots ``rank * b .. rank *
+    b + b - 1`` (``b = batch_size / world_size``) therefore draws exactly the
+    tiles a single process with the whole batch draws.
+    """
 
     def __init__(
         self,
@@ -551,48 +566,54 @@ class _Batcher:
         tile: tuple[int, int],
         config: TrainConfig,
         seed: int,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         self.planes = planes
         self.tile = tile
         self.out = model.output_shape(tile)
         self.margin = tuple((t - o) // 2 for t, o in zip(tile, self.out, strict=True))
         self.config = config
-        self.rng = np.random.default_rng(seed)
+        per_rank = config.batch_size // world_size
+        # SeedSequence entropy must be >= 0.
+        self.rngs = [
+            np.random.default_rng(seed if k == 0 else [seed % 2**64, k])
+            for k in range(rank * per_rank, (rank + 1) * per_rank)
+        ]
         self.augment = _augmentation(config, tile[0] == tile[1])
         # Planes are drawn in proportion to their annotated area.
         sizes = np.array([max(1, len(p.blocks)) for p in planes], dtype=np.float64)
         self.p = sizes / sizes.sum()
 
-    def _position(self, plane: _Plane) -> tuple[int, int]:
+    def _position(self, plane: _Plane, rng: np.random.Generator) -> tuple[int, int]:
         """Tile corner whose output window contains a random annotated pixel."""
         height, width = plane.image.shape[1:]
         corner = []
-        block = plane.blocks[self.rng.integers(len(plane.blocks))] if len(plane.blocks) else None
+        block = plane.blocks[rng.integers(len(plane.blocks))] if len(plane.blocks) else None
         for axis, (size, t, o, m) in enumerate(
             zip((height, width), self.tile, self.out, self.margin, strict=True)
         ):
             if block is None:
-                corner.append(int(self.rng.integers(size - t + 1)))
+                corner.append(int(rng.integers(size - t + 1)))
                 continue
-            pixel = int(block[axis]) + int(self.rng.integers(_BLOCK))
+            pixel = int(block[axis]) + int(rng.integers(_BLOCK))
             # Output window [c + m, c + m + o) must contain `pixel`; the tile must fit.
             lo = max(0, pixel - m - o + 1)
             hi = min(size - t, pixel - m)
-            corner.append(
-                int(self.rng.integers(lo, hi + 1)) if hi >= lo else max(0, min(lo, size - t))
-            )
+            corner.append(int(rng.integers(lo, hi + 1)) if hi >= lo else max(0, min(lo, size - t)))
         return corner[0], corner[1]
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         images, classes, weights = [], [], []
         ty, tx = self.tile
-        for _ in range(self.config.batch_size):
-            plane = self.planes[int(self.rng.choice(len(self.planes), p=self.p))]
-            y, x = self._position(plane)
+        for rng in self.rngs:
+            plane = self.planes[int(rng.choice(len(self.planes), p=self.p))]
+            y, x = self._position(plane, rng)
             image = torch.from_numpy(plane.image[:, y : y + ty, x : x + tx])
             cls = torch.from_numpy(plane.classes[y : y + ty, x : x + tx])
             w = torch.from_numpy(plane.weights[y : y + ty, x : x + tx])
-            image, cls, w = self.augment.apply(_augment_sample(image, cls, w), self.rng)
+            image, cls, w = self.augment.apply(_augment_sample(image, cls, w), rng)
             (my, mx), (oy, ox) = self.margin, self.out
             images.append(image)
             classes.append(cls[my : my + oy, mx : mx + ox])
@@ -673,9 +694,30 @@ def train_iter(
     """
     config = TrainConfig() if config is None else config
     torch.manual_seed(config.seed)  # model initialisation (when built here) and dropout
-    device = select_device(config.device)
+    if config.distributed:
+        from . import distributed as ddp
+
+        device = ddp.init(config.device)
+        world, rank = ddp.world_size(), ddp.rank()
+        if config.batch_size % world:
+            raise ValueError(
+                f"`batch_size` {config.batch_size} (the global batch) must be divisible by "
+                f"the {world} processes of distributed training"
+            )
+    else:
+        device = select_device(config.device)
+        world, rank = 1, 0
+    main = rank == 0
+    user_cancel = cancel
+
+    def cancel() -> bool:
+        # Every rank must stop at the same iteration, or the others would wait
+        # forever in the next all-reduce: a stop anywhere stops all.
+        flag = user_cancel is not None and bool(user_cancel())
+        return ddp.any_rank(flag, device) if world > 1 else flag
+
     started = time.perf_counter()
-    created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    created = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
     best_path = last_path = None
     if out is not None:
@@ -773,6 +815,19 @@ def train_iter(
             return TrainResult(model.eval(), start, True, None, None, None)
 
     model.to(device).train()
+    net = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        if device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        if validation:
+            # Validation (iter_predict_tiled) switches the weights to channels_last;
+            # switch now, so DDP builds its gradient buckets for that layout.
+            model.to(memory_format=torch.channels_last)
+        net = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
     optimizer = _make_optimizer(model, config)
     if optimizer_state is not None:
         try:
@@ -790,7 +845,9 @@ def train_iter(
     autocast, amp_dtype = _autocast(device, config)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     loss_fn = _LOSSES[config.loss]
-    batcher = _Batcher(prepared, model, tile, config, config.seed + start)
+    batcher = _Batcher(
+        prepared, model, tile, config, config.seed + start, rank=rank, world_size=world
+    )
 
     history: list[dict[str, Any]] = []
     losses: list[float] = []
@@ -812,6 +869,7 @@ def train_iter(
                 "started": created,
                 "elapsed_s": round(time.perf_counter() - started, 2),
                 "device": device.type,
+                **({"world_size": world} if config.distributed else {}),
                 "planes": len(prepared),
                 "val_planes": len(validation),
                 "data": dict(data_info or {}),
@@ -824,7 +882,7 @@ def train_iter(
 
     def save(finished: bool = False, cancelled: bool = False) -> None:
         nonlocal saved_best
-        if out is None:
+        if out is None or not main:
             return
         meta = metadata(finished, cancelled)
         save_model(
@@ -849,14 +907,25 @@ def train_iter(
             weights = weights.to(device, non_blocking=True)
             t1 = _sync(device)
             with autocast():
-                logits = model(images)
+                logits = net(images)
             loss = loss_fn(logits.float(), targets, weights)
+            if world > 1 and config.loss == "ce":
+                # The weighted CE is sum(w * ce) / sum(w) over the batch, and DDP
+                # averages gradients over ranks: scale each rank's loss by its share
+                # of the global weight so that the average is the gradient of the
+                # global batch's loss.
+                local = weights.float().sum()
+                total = ddp.sum_all(local).clamp_min(torch.finfo(torch.float32).tiny)
+                loss = loss * (local * world / total)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
-            value = float(loss.detach())
+            # The same global loss on every rank (so all raise on NaN together).
+            value = (
+                float(ddp.sum_all(loss.detach()) / world) if world > 1 else float(loss.detach())
+            )
             t2 = _sync(device)
             if not math.isfinite(value):
                 raise FloatingPointError(
@@ -895,7 +964,7 @@ def train_iter(
                         "value": score,
                         "metrics": dict(metrics),
                     }
-                    if out is not None:
+                    if out is not None and main:
                         save_model(
                             model,
                             best_path,
@@ -914,6 +983,8 @@ def train_iter(
         save(cancelled=True)
         raise
     save(finished=not cancelled, cancelled=cancelled)
+    if world > 1:
+        ddp.barrier()  # rank 0's files are complete when train returns on any rank
     model.eval()
     return TrainResult(
         model=model,

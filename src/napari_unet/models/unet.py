@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 from torch import nn
 
 from .blocks import _CONV, ConvBlock, Down, UpConv, _check_spatial_dims, center_crop, he_normal_
+from .shapes import ShapeHelpers
 
 __all__ = ["UNet"]
 
 _PADDINGS = ("valid", "same")
 
 
-class UNet(nn.Module):
+class UNet(ShapeHelpers, nn.Module):
     """U-Net: a contracting and an expanding path joined by crop-and-concat skips.
 
     With the default arguments this is the network of the paper [1]_: repeated
@@ -162,20 +161,13 @@ class UNet(nn.Module):
             y = dec(torch.cat([center_crop(skips.pop(), y.shape[2:]), y], dim=1))
         return self.head(y)
 
-    # -- shape helpers -------------------------------------------------------------------------
+    # -- shape helpers: see ShapeHelpers; valid padding has its own size rule --------------------
 
     @property
-    def divisor(self) -> int:
-        """Every spatial size must be divisible by this at the first pooling, ``2**depth``."""
-        return 2**self.depth
-
-    @property
-    def halo(self) -> tuple[int, ...]:
-        """Context lost per side and axis: ``(input - output) / 2``; 0 for ``"same"``."""
+    def _size_rule(self) -> str:
         if self.padding == "same":
-            return (0,) * self.spatial_dims
-        n = self.valid_input_shape((1,) * self.spatial_dims)[0]
-        return ((n - self._output_size(n)) // 2,) * self.spatial_dims
+            return super()._size_rule
+        return "every 2x2 pooling needs an even size and the output must be non-empty"
 
     @property
     def context(self) -> int:
@@ -201,56 +193,10 @@ class UNet(nn.Module):
             reach = max(2 * reach, skip) + 2
         return reach
 
-    def output_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
-        """Spatial output shape for a spatial input shape.
-
-        Raises
-        ------
-        ValueError
-            If ``input_shape`` is not valid for this network; the message
-            names the nearest valid shape.
-        """
-        input_shape = self._spatial(input_shape, "input_shape")
-        sizes = tuple(self._output_size(n) for n in input_shape)
-        if any(s is None for s in sizes):
-            raise ValueError(
-                f"input shape {input_shape} is not valid for a depth-{self.depth} "
-                f"'{self.padding}' U-Net: every 2x2 pooling needs an even size and the output "
-                f"must be non-empty; the nearest valid input shape is "
-                f"{self.valid_input_shape(self.output_shape_lower_bound(input_shape))}"
-            )
-        return sizes  # type: ignore[return-value]
-
-    def output_shape_lower_bound(self, input_shape: Sequence[int]) -> tuple[int, ...]:
-        """Roughly the output shape an input shape would give (for messages)."""
-        return tuple(max(1, n - 2 * h) for n, h in zip(input_shape, self.halo, strict=True))
-
-    def is_valid_input_shape(self, input_shape: Sequence[int]) -> bool:
-        """Whether ``input_shape`` (spatial) can be fed to the network."""
-        input_shape = self._spatial(input_shape, "input_shape")
-        return all(self._output_size(n) is not None for n in input_shape)
-
-    def valid_input_shape(self, output_shape: Sequence[int]) -> tuple[int, ...]:
-        """The smallest valid input shape whose output covers ``output_shape``.
-
-        Parameters
-        ----------
-        output_shape : sequence of int
-            The wanted spatial output shape (at least this large).
-
-        Returns
-        -------
-        input_shape : tuple of int
-            For ``"valid"`` padding, ``output + 2 * halo`` rounded up to the
-            next size where every pooling sees an even size.
-        """
-        output_shape = self._spatial(output_shape, "output_shape")
-        return tuple(self._input_size(o) for o in output_shape)
-
     def _output_size(self, n: int) -> int | None:
         """Output size along one axis, or None if ``n`` is not a valid input size."""
         if self.padding == "same":
-            return n if n > 0 and n % self.divisor == 0 else None
+            return super()._output_size(n)
         for _ in range(self.depth):
             n -= 4  # two unpadded 3x3 convolutions
             if n <= 0 or n % 2:
@@ -265,7 +211,7 @@ class UNet(nn.Module):
 
     def _input_size(self, out: int) -> int:
         if self.padding == "same":
-            return max(1, -(-out // self.divisor)) * self.divisor
+            return super()._input_size(out)
         # Valid sizes form an arithmetic progression with step 2**depth (one
         # more pixel at the bottleneck); output grows by the same step.
         n = self.divisor
@@ -274,19 +220,3 @@ class UNet(nn.Module):
         o0 = self._output_size(n)
         steps = max(0, -(-(out - o0) // self.divisor))
         return n + steps * self.divisor
-
-    def _spatial(self, shape: Sequence[int], name: str) -> tuple[int, ...]:
-        shape = tuple(int(s) for s in shape)
-        if len(shape) != self.spatial_dims:
-            raise ValueError(f"`{name}` must have {self.spatial_dims} spatial axes, got {shape}")
-        return shape
-
-    def _check_input(self, x: torch.Tensor) -> None:
-        expected = f"(batch, {self.in_channels}, {', '.join('N' * self.spatial_dims)})"
-        if x.ndim != self.spatial_dims + 2 or x.shape[1] != self.in_channels:
-            raise ValueError(f"input has shape {tuple(x.shape)}, expected {expected}")
-        if not self.is_valid_input_shape(x.shape[2:]):
-            try:
-                self.output_shape(x.shape[2:])
-            except ValueError as err:
-                raise ValueError(f"input has shape {tuple(x.shape)}: {err}") from None

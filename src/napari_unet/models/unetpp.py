@@ -6,12 +6,12 @@ Zhou, Rahman Siddiquee, Tajbakhsh and Liang (DLMIA 2018; IEEE TMI 2019).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from .blocks import _CONV, ConvBlock, Down, UpConv, _check_spatial_dims, he_normal_
+from .shapes import ShapeHelpers
 
 __all__ = ["UNetPlusPlus"]
 
@@ -21,7 +21,7 @@ def _key(i: int, j: int) -> str:
     return f"x{i}_{j}"
 
 
-class UNetPlusPlus(nn.Module):
+class UNetPlusPlus(ShapeHelpers, nn.Module):
     """U-Net++: an encoder and nested decoders joined by dense skip pathways.
 
     Node ``X^{i,j}`` sits at resolution level ``i`` (``i`` 2x2 poolings below
@@ -337,11 +337,6 @@ class UNetPlusPlus(nn.Module):
     # -- shape helpers (the same interface as UNet) --------------------------------------------
 
     @property
-    def divisor(self) -> int:
-        """Every spatial size must be divisible by ``2**depth``."""
-        return 2**self.depth
-
-    @property
     def halo(self) -> tuple[int, ...]:
         """Context lost per side and axis: always 0 (same padding)."""
         return (0,) * self.spatial_dims
@@ -389,63 +384,3 @@ class UNetPlusPlus(nn.Module):
         concatenates ``j + 1`` full-resolution maps.
         """
         return 4.5 + 2.5 * (self.output_level or self.depth)
-
-    def output_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
-        """Spatial output shape for a spatial input shape: the same.
-
-        Raises
-        ------
-        ValueError
-            If a size is not a positive multiple of :attr:`divisor`; the
-            message names the nearest valid shape.
-        """
-        input_shape = self._spatial(input_shape, "input_shape")
-        if not self.is_valid_input_shape(input_shape):
-            raise ValueError(
-                f"input shape {input_shape} is not valid for a depth-{self.depth} U-Net++: "
-                f"every size must be a positive multiple of {self.divisor}; the nearest valid "
-                f"input shape is {self.valid_input_shape(input_shape)}"
-            )
-        return input_shape
-
-    def output_shape_lower_bound(self, input_shape: Sequence[int]) -> tuple[int, ...]:
-        """Roughly the output shape an input shape would give (for messages)."""
-        return tuple(max(1, int(n)) for n in input_shape)
-
-    def is_valid_input_shape(self, input_shape: Sequence[int]) -> bool:
-        """Whether ``input_shape`` (spatial) can be fed to the network."""
-        input_shape = self._spatial(input_shape, "input_shape")
-        return all(n > 0 and n % self.divisor == 0 for n in input_shape)
-
-    def valid_input_shape(self, output_shape: Sequence[int]) -> tuple[int, ...]:
-        """The smallest valid input shape whose output covers ``output_shape``.
-
-        Parameters
-        ----------
-        output_shape : sequence of int
-            The wanted spatial output shape (at least this large).
-
-        Returns
-        -------
-        input_shape : tuple of int
-            Each size rounded up to a multiple of :attr:`divisor`.
-        """
-        output_shape = self._spatial(output_shape, "output_shape")
-        return tuple(max(1, -(-o // self.divisor)) * self.divisor for o in output_shape)
-
-    def _spatial(self, shape: Sequence[int], name: str) -> tuple[int, ...]:
-        shape = tuple(int(s) for s in shape)
-        if len(shape) != self.spatial_dims:
-            raise ValueError(f"`{name}` must have {self.spatial_dims} spatial axes, got {shape}")
-        return shape
-
-    def _check_input(self, x: torch.Tensor) -> None:
-        expected = f"(batch, {self.in_channels}, {', '.join('N' * self.spatial_dims)})"
-        if x.ndim != self.spatial_dims + 2 or x.shape[1] != self.in_channels:
-            raise ValueError(f"input has shape {tuple(x.shape)}, expected {expected}")
-        if not self.is_valid_input_shape(x.shape[2:]):
-            raise ValueError(
-                f"input has shape {tuple(x.shape)}: every spatial size must be a positive "
-                f"multiple of {self.divisor} (2**depth); the nearest valid spatial shape is "
-                f"{self.valid_input_shape(x.shape[2:])}"
-            )
