@@ -214,3 +214,45 @@ def test_help(command, capsys):
         main([command, "--help"])
     assert info.value.code == 0
     assert "usage: napari-unet " + command in capsys.readouterr().out
+
+
+def test_unetplusplus_trains_with_deep_supervision_and_predicts_pruned(
+    isbi_dirs, tmp_path, capsys, monkeypatch
+):
+    """U-Net++ from the command line: every head is trained, and --level prunes."""
+    from napari_unet.models import UNetPlusPlus
+
+    seen = []
+    original = UNetPlusPlus.forward_heads
+
+    def spy(self, x):
+        heads = original(self, x)
+        if self.training:
+            seen.append(len(heads))
+        return heads
+
+    monkeypatch.setattr(UNetPlusPlus, "forward_heads", spy)
+    model_path = tmp_path / "plus.safetensors"
+    args = _train_args(isbi_dirs, model_path, "--model", "unetplusplus", "--tile", "96")
+    assert main(args) == 0
+    assert seen == [2, 2, 2, 2]  # one training forward per iteration, both heads of depth 2
+    model, meta = load_model(model_path)
+    assert meta["architecture"] == "unetplusplus"
+    assert meta["training"]["config"]["loss"] == "auto"
+    assert not model.return_heads  # a trained model predicts one map again
+
+    test_images = isbi_dirs / "test" / "images"
+    common = ["--device", "cpu", "--quiet", "--probabilities"]
+    for name, extra in (("ensemble", []), ("pruned", ["--level", "1"])):
+        code = main(
+            ["predict", "--model", str(model_path), str(test_images), "--out",
+             str(tmp_path / name), *extra, *common]
+        )  # fmt: skip
+        assert code == 0
+    ensemble = read_image(tmp_path / "ensemble" / "probabilities" / "slice_21.tif")
+    pruned = read_image(tmp_path / "pruned" / "probabilities" / "slice_21.tif")
+    assert ensemble.shape == pruned.shape == (3, 512, 512)
+    assert not np.allclose(ensemble, pruned)  # head 1 alone is not the ensemble
+    assert main(["predict", "--model", str(model_path), str(test_images), "--out",
+                 str(tmp_path / "bad"), "--level", "5", *common]) == 1  # fmt: skip
+    assert "--level" in capsys.readouterr().err

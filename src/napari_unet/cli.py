@@ -456,10 +456,17 @@ def _add_train(subparsers) -> None:
     out.add_argument("--overwrite", action="store_true", help="replace existing model files")
     arch = parser.add_argument_group("model (ignored with --resume)")
     # Checked when the model is built, so that --help does not import PyTorch.
-    arch.add_argument("--model", default="unet", help="architecture (default: unet)")
+    arch.add_argument(
+        "--model", default="unet", help="architecture: unet (default) or unetplusplus"
+    )
     arch.add_argument("--depth", type=int, default=4, help="poolings (default 4, the paper)")
     arch.add_argument("--base-channels", type=int, default=64, help="default 64 (the paper)")
-    arch.add_argument("--padding", default="valid", choices=("valid", "same"))
+    arch.add_argument(
+        "--padding",
+        default="valid",
+        choices=("valid", "same"),
+        help="U-Net only: valid (the paper, default) or same; U-Net++ is always same",
+    )
     arch.add_argument("--batch-norm", action="store_true", help="batch normalisation")
     arch.add_argument(
         "--classes",
@@ -476,6 +483,13 @@ def _add_train(subparsers) -> None:
     opt.add_argument("--lr", type=float, help="learning rate (default 0.01 SGD, 0.001 Adam)")
     opt.add_argument(
         "--schedule", default="constant", choices=("constant", "cosine", "poly", "step")
+    )
+    opt.add_argument(
+        "--loss",
+        default="auto",
+        choices=("auto", "ce", "dice", "hybrid"),
+        help="auto (default): weighted cross-entropy for U-Net, the hybrid loss on every "
+        "head for U-Net++",
     )
     opt.add_argument("--val-every", type=int, default=100, metavar="N")
     opt.add_argument("--no-augment", action="store_true", help="no augmentation at all")
@@ -533,6 +547,7 @@ def _run_train(args: argparse.Namespace) -> int:
             optimizer=args.optimizer,
             lr=args.lr,
             lr_schedule=args.schedule,
+            loss=args.loss,
             border_class=args.classes == 3,
             elastic=augment,
             flips=augment,
@@ -571,17 +586,16 @@ def _run_train(args: argparse.Namespace) -> int:
         channels = 1 if first.image.ndim == first.labels.ndim else int(first.image.shape[0])
         _torch_seed(args.seed)  # the initial weights are part of a reproducible run
         try:
-            model = build_model(
-                args.model,
-                {
-                    "in_channels": channels,
-                    "num_classes": args.classes,
-                    "depth": args.depth,
-                    "base_channels": args.base_channels,
-                    "padding": args.padding,
-                    "batch_norm": args.batch_norm,
-                },
-            )
+            arguments = {
+                "in_channels": channels,
+                "num_classes": args.classes,
+                "depth": args.depth,
+                "base_channels": args.base_channels,
+                "batch_norm": args.batch_norm,
+            }
+            if args.model == "unet":
+                arguments["padding"] = args.padding
+            model = build_model(args.model, arguments)
         except ModelFileError as err:
             raise CommandError(str(err)) from err
 
@@ -736,6 +750,13 @@ def _add_predict(subparsers) -> None:
     parser.add_argument("--tile", type=int, metavar="N", help="input tile side (default: auto)")
     parser.add_argument("--batch-size", type=int, default=1, help="tiles per forward pass")
     parser.add_argument(
+        "--level",
+        type=int,
+        metavar="L",
+        help="U-Net++ only: predict with the network pruned at level L (1..depth; faster, "
+        "lighter) instead of the ensemble of all heads",
+    )
+    parser.add_argument(
         "--channel-axis",
         type=int,
         metavar="AXIS",
@@ -821,6 +842,13 @@ def _run_predict(args: argparse.Namespace) -> int:
         normalize = Normalization.from_dict(meta.get("normalization"))
     except (FileNotFoundError, ModelFileError, ValueError) as err:
         raise CommandError(f"--model: {err}") from err
+    if args.level is not None:
+        if not hasattr(model, "prune"):
+            raise CommandError(f"--level applies to U-Net++ models; {args.model} is not one")
+        try:
+            model = model.prune(args.level)
+        except ValueError as err:
+            raise CommandError(f"--level: {err}") from err
     if getattr(model, "spatial_dims", 2) != 2:
         raise CommandError("predict supports 2D models only")
     if _wants_chunked(args):

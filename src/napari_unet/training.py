@@ -114,8 +114,11 @@ class TrainConfig:
         iterations.
     warmup : int
         Iterations of linear learning-rate warm-up.
-    loss : {"ce", "dice", "hybrid"}
-        Weighted cross-entropy (the paper), soft Dice, or both (U-Net++).
+    loss : {"auto", "ce", "dice", "hybrid"}
+        Weighted cross-entropy (the U-Net paper), soft Dice, or both (the
+        U-Net++ paper's hybrid loss). ``"auto"``: the hybrid loss for models
+        with deep supervision (U-Net++), averaged over every head, else the
+        weighted cross-entropy.
     border_class : bool
         Three classes (background, cell, separating border) if True, else two.
     w0, sigma : float
@@ -173,7 +176,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     lr_schedule: str = "constant"
     warmup: int = 0
-    loss: str = "ce"
+    loss: str = "auto"
     border_class: bool = True
     w0: float = 10.0
     sigma: float = 5.0
@@ -215,7 +218,7 @@ class TrainConfig:
         for name, allowed in (
             ("optimizer", _OPTIMIZERS),
             ("lr_schedule", _SCHEDULES),
-            ("loss", tuple(_LOSSES)),
+            ("loss", ("auto", *_LOSSES)),
             ("monitor", ("val_loss", "pixel_error", "rand_error")),
         ):
             if getattr(self, name) not in allowed:
@@ -844,7 +847,13 @@ def train_iter(
     )
     autocast, amp_dtype = _autocast(device, config)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-    loss_fn = _LOSSES[config.loss]
+    # Deep supervision (U-Net++): the model returns every head while training,
+    # through forward() so that DistributedDataParallel sees the whole graph.
+    deep = bool(getattr(model, "deep_supervision", False)) and hasattr(model, "return_heads")
+    loss_name = config.loss if config.loss != "auto" else ("hybrid" if deep else "ce")
+    loss_fn = _LOSSES[loss_name]
+    if deep:
+        model.return_heads = True
     batcher = _Batcher(
         prepared, model, tile, config, config.seed + start, rank=rank, world_size=world
     )
@@ -907,9 +916,10 @@ def train_iter(
             weights = weights.to(device, non_blocking=True)
             t1 = _sync(device)
             with autocast():
-                logits = net(images)
-            loss = loss_fn(logits.float(), targets, weights)
-            if world > 1 and config.loss == "ce":
+                outputs = net(images)
+            heads = outputs if isinstance(outputs, list | tuple) else [outputs]
+            loss = sum(loss_fn(h.float(), targets, weights) for h in heads) / len(heads)
+            if world > 1 and loss_name == "ce":
                 # The weighted CE is sum(w * ce) / sum(w) over the batch, and DDP
                 # averages gradients over ranks: scale each rank's loss by its share
                 # of the global weight so that the average is the gradient of the
@@ -986,6 +996,8 @@ def train_iter(
     if world > 1:
         ddp.barrier()  # rank 0's files are complete when train returns on any rank
     model.eval()
+    if deep:
+        model.return_heads = False
     return TrainResult(
         model=model,
         iterations=iteration,

@@ -142,6 +142,9 @@ class UNetPlusPlus(ShapeHelpers, nn.Module):
         self.depth = depth
         self.base_channels = base_channels
         self.deep_supervision = bool(deep_supervision)
+        # Set by the training engine: in training mode forward() then returns
+        # every head, which DistributedDataParallel (wrapping forward only) needs.
+        self.return_heads = False
         self.batch_norm = bool(batch_norm)
         self.dropout = float(dropout)
         self.spatial_dims = spatial_dims
@@ -280,9 +283,12 @@ class UNetPlusPlus(ShapeHelpers, nn.Module):
             ``log(mean_L softmax(logits_L))``: log-probabilities whose softmax
             is exactly the average of the heads' softmax probabilities (the
             papers average the heads' probability maps). Averaging logits
-            instead would give their normalised geometric mean.
+            instead would give their normalised geometric mean. In training
+            mode with ``return_heads`` set, the list of :meth:`forward_heads`.
         """
         self._check_input(x)
+        if self.return_heads and self.training:
+            return self.forward_heads(x)  # type: ignore[return-value]
         level = self.output_level
         if level is not None or not self.deep_supervision:
             level = level or self.depth
