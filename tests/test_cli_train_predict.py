@@ -179,7 +179,7 @@ def test_ctrl_c_keeps_a_loadable_model(isbi_dirs, tmp_path, monkeypatch, capsys)
             "unknown architecture",
         ),
         (["predict", "--model", "{bad_model}", "{images}", "--out", "{out_dir}"], "not a"),
-        (["predict", "--model", "{missing}", "{images}", "--out", "{out_dir}"], "does not exist"),
+        (["predict", "--model", "{missing}", "{images}", "--out", "{out_dir}"], "bundled model"),
         (["info", "{bad_model}"], "not a napari-unet model file"),
     ],
 )  # fmt: skip

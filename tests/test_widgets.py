@@ -494,3 +494,24 @@ def test_closing_the_viewer_stops_training_and_saves(make_napari_viewer, qtbot, 
     _, meta = load_model(tmp_path / "cells.safetensors")
     assert meta["training"]["cancelled"]
     qtbot.wait(50)  # let the worker's queued signals arrive at the (now inert) widget
+
+
+def test_predict_uses_the_bundled_nuclei_model_by_default(make_napari_viewer, qtbot):
+    from napari_unet._sample_data_real import make_dsb_nuclei
+    from napari_unet.pretrained import pretrained_path
+
+    viewer = make_napari_viewer()
+    _add_layers(viewer, make_dsb_nuclei())
+    image = next(layer for layer in viewer.layers if layer._type_string == "image")
+    truth = next(layer for layer in viewer.layers if layer._type_string == "labels")
+    predict = _dock(viewer, "Predict")
+    # Nothing trained in this session: the bundled nuclei model, at its own threshold.
+    assert predict.model_path() == pretrained_path("nuclei")
+    assert predict._threshold.value == pytest.approx(0.8, abs=0.15)
+    predict._image.value = image
+    predict.start()
+    _wait_idle(qtbot, predict)
+    result = viewer.layers[f"{image.name} cells (predicted)"]
+    found = len(np.unique(result.data)) - 1
+    expected = len(np.unique(truth.data)) - 1
+    assert abs(found - expected) <= 0.2 * expected

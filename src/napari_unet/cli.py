@@ -21,6 +21,19 @@ from . import __version__
 __all__ = ["main"]
 
 
+def _resolve_model(name_or_path: str) -> Path:
+    """A model file path, or the file of a bundled model (``nuclei``, ...)."""
+    from .pretrained import resolve_model as resolve
+
+    return resolve(name_or_path)
+
+
+def _recommended_threshold(metadata: dict) -> float:
+    from .pretrained import recommended_threshold as recommended
+
+    return recommended(metadata)
+
+
 class CommandError(Exception):
     """A user-facing error: printed as one line, exit code 1."""
 
@@ -572,7 +585,7 @@ def _run_train(args: argparse.Namespace) -> int:
     resume = False
     if args.resume:
         try:
-            _, stored, optimizer_state = load_checkpoint(args.resume)
+            _, stored, optimizer_state = load_checkpoint(_resolve_model(args.resume))
         except (FileNotFoundError, ModelFileError) as err:
             raise CommandError(f"--resume: {err}") from err
         previous = stored.get("training") or {}
@@ -580,7 +593,7 @@ def _run_train(args: argparse.Namespace) -> int:
         what = "resuming" if resume else "fine-tuning"
         if main_rank:
             print(f"{what} from {args.resume} ({previous.get('iteration', '?')} iterations)")
-        model = args.resume
+        model = _resolve_model(args.resume)
     else:
         first = samples[0]
         channels = 1 if first.image.ndim == first.labels.ndim else int(first.image.shape[0])
@@ -743,7 +756,12 @@ def _add_predict(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
-    parser.add_argument("--model", required=True, metavar="MODEL", help="model file")
+    parser.add_argument(
+        "--model",
+        required=True,
+        metavar="MODEL",
+        help="model file, or a bundled model: nuclei, em-membranes",
+    )
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
     parser.add_argument("--probabilities", action="store_true", help="also write probabilities")
     parser.add_argument("--tta", action="store_true", help="average over 8 rotations/flips")
@@ -762,7 +780,11 @@ def _add_predict(subparsers) -> None:
         metavar="AXIS",
         help="axis of the channels in multi-channel TIFFs (default: guessed from the model)",
     )
-    parser.add_argument("--threshold", type=float, default=0.5, help="foreground threshold")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        help="foreground threshold (default: the model's recommendation, else 0.5)",
+    )
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, mps")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -838,10 +860,12 @@ def _run_predict(args: argparse.Namespace) -> int:
     from .tiling import predict_stack
 
     try:
-        model, meta = load_model(args.model)
+        model, meta = load_model(_resolve_model(args.model))
         normalize = Normalization.from_dict(meta.get("normalization"))
     except (FileNotFoundError, ModelFileError, ValueError) as err:
         raise CommandError(f"--model: {err}") from err
+    if args.threshold is None:
+        args.threshold = _recommended_threshold(meta)
     if args.level is not None:
         if not hasattr(model, "prune"):
             raise CommandError(f"--level applies to U-Net++ models; {args.model} is not one")
@@ -1324,7 +1348,7 @@ def _run_info(args: argparse.Namespace) -> int:
     from ._modelfile import ModelFileError, load_model
 
     try:
-        model, meta = load_model(args.model)
+        model, meta = load_model(_resolve_model(args.model))
     except (FileNotFoundError, ModelFileError) as err:
         raise CommandError(str(err)) from err
     if args.json:
@@ -1510,7 +1534,7 @@ def _run_export(args: argparse.Namespace) -> int:
     if args.format == "onnx" and out.suffix.lower() != ".onnx":
         raise CommandError(f"--out {out}: an ONNX export needs a file name ending in .onnx")
     try:
-        model, meta = load_model(args.model)
+        model, meta = load_model(_resolve_model(args.model))
     except (FileNotFoundError, ModelFileError) as err:
         raise CommandError(f"MODEL: {err}") from err
     sample = None

@@ -24,6 +24,7 @@ from ._modelfile import (
     read_metadata,
     save_model,
 )
+from .pretrained import list_pretrained, load_pretrained
 
 if TYPE_CHECKING:
     import dask.array
@@ -36,8 +37,10 @@ __all__ = [
     "create_ome_zarr",
     "is_zarr",
     "list_images",
+    "list_pretrained",
     "load_checkpoint",
     "load_model",
+    "load_pretrained",
     "open_chunked",
     "read_image",
     "read_metadata",

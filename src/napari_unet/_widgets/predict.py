@@ -200,8 +200,14 @@ class PredictWidget(ScrollDock):
     # -- choices -------------------------------------------------------------------------------
 
     def _model_choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
+        from ..pretrained import list_pretrained, pretrained_path
+
+        # Models trained in this session first (the newest is the default),
+        # then the bundled ones: with nothing trained yet, `nuclei` is the default.
         trained = [(f"{m.name} (this session)", m.path) for m in self._session.models]
-        return [*trained, ("model file below", _FROM_FILE)]
+        names = sorted(list_pretrained(), key=lambda name: name != "nuclei")
+        bundled = [(f"{name} (bundled)", pretrained_path(name)) for name in names]
+        return [*trained, *bundled, ("model file below", _FROM_FILE)]
 
     def _image_choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
         return layers_of(self._viewer, Image)
@@ -238,6 +244,8 @@ class PredictWidget(ScrollDock):
         self._model_file.visible = self._model.value == _FROM_FILE
         path = self.model_path()
         self._model_info.value = _describe_model(path) if path is not None else ""
+        if path is not None:
+            self._threshold.value = _recommended_threshold(path)
         self._suggest_channel_axis()
 
     def _on_image_changed(self, *_: Any) -> None:
@@ -411,6 +419,17 @@ def _model_channels(path: Path) -> int | None:
     except (OSError, ModelFileError):
         return None
     return int(meta.get("in_channels") or meta["arguments"].get("in_channels") or 1)
+
+
+def _recommended_threshold(path: Path) -> float:
+    """The model file's recommended cell threshold (bundled models store one), else 0.5."""
+    from .._modelfile import ModelFileError, read_metadata
+    from ..pretrained import recommended_threshold
+
+    try:
+        return recommended_threshold(read_metadata(path))
+    except (OSError, ModelFileError):
+        return 0.5
 
 
 def _describe_model(path: Path) -> str:
