@@ -515,3 +515,70 @@ def test_predict_uses_the_bundled_nuclei_model_by_default(make_napari_viewer, qt
     found = len(np.unique(result.data)) - 1
     expected = len(np.unique(truth.data)) - 1
     assert abs(found - expected) <= 0.2 * expected
+
+
+def test_predict_dask_layer_stays_lazy(make_napari_viewer, qtbot, tiny_model):
+    import dask.array as da
+    from skimage.segmentation import relabel_sequential
+
+    from napari_unet._widgets.predict import predict_job
+    from napari_unet.progress import drive
+    from napari_unet.tiling import LAZY_ID_STRIDE
+
+    stack = make_cells_3d()[0][0][:6, :64, :64]
+    read: list[int] = []  # the planes of the input that were read
+
+    def counted(block, block_info=None):
+        read.append(block_info[0]["chunk-location"][0])
+        return block
+
+    source = da.map_blocks(counted, da.from_array(stack, chunks=(1, 64, 64)), dtype=stack.dtype)
+    viewer = make_napari_viewer()
+    image = viewer.add_image(
+        source,
+        name="lazy stack",
+        scale=(2.0, 1.0, 1.0),
+        translate=(4.0, 10.0, -5.0),
+        contrast_limits=(float(stack.min()), float(stack.max())),
+    )
+    predict = _dock(viewer, "Predict")
+    predict._model.value = "__file__"
+    predict._model_file.value = tiny_model
+    predict._image.value = image
+    predict._device.value = "cpu"
+    predict._probabilities.value = True
+    read.clear()
+    assert predict.start() is None and predict.worker is None  # no worker: nothing to wait for
+    result = viewer.layers["lazy stack cells (predicted)"]
+    assert isinstance(result.data, da.Array)
+    assert result.data.shape == stack.shape and result.data.dtype == np.uint32
+    assert result.data.chunks == ((1,) * 6, (64,), (64,))
+    np.testing.assert_array_equal(result.scale, image.scale)
+    np.testing.assert_array_equal(result.translate, image.translate)
+    assert "lazy: planes are computed as you browse" in predict._status.value
+    assert "lazy stack cell probability" not in viewer.layers
+    # At most the displayed plane was computed when the layer was added.
+    assert len(set(read)) <= 1
+
+    read.clear()
+    plane = np.asarray(result.data[2])
+    assert set(read) == {2}
+    labels, _ = drive(
+        predict_job(
+            tiny_model,
+            stack,
+            channel_axis=None,
+            tile=None,
+            tta=False,
+            threshold=float(predict._threshold.value),
+            device="cpu",
+            keep_probabilities=False,
+        )
+    )
+    # Same partition of plane 2; ids offset by plane index * 2**16.
+    foreground = plane > 0
+    np.testing.assert_array_equal(foreground, labels[2] > 0)
+    if foreground.any():
+        assert plane[foreground].min() > 2 * LAZY_ID_STRIDE
+        assert plane.max() < 3 * LAZY_ID_STRIDE
+    np.testing.assert_array_equal(relabel_sequential(plane)[0], relabel_sequential(labels[2])[0])

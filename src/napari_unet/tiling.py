@@ -330,30 +330,12 @@ def predict_dask(
     that every chunk's task depends on, so a distributed scheduler sends it to
     each worker once, not with every chunk.
     """
-    import dask
     import dask.array as da
 
     arr = da.asarray(array)
     if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
         raise ValueError(f"`array` has dtype {arr.dtype}, expected integer or floating point")
-    if channel_axis is None:
-        if arr.ndim < 2:
-            raise ValueError(f"`array` has shape {arr.shape}; expected (..., Y, X)")
-        arr = arr[..., np.newaxis, :, :]
-    else:
-        if not -arr.ndim <= channel_axis < arr.ndim or arr.ndim < 3:
-            raise ValueError(
-                f"`channel_axis` {channel_axis} is not an axis of an array of shape "
-                f"{arr.shape} with channels, Y and X"
-            )
-        arr = da.moveaxis(arr, channel_axis, -3)
-    if arr.shape[-3] != model.in_channels:
-        raise ValueError(
-            f"`array` has {arr.shape[-3]} channel(s) along `channel_axis`, but the model "
-            f"expects {model.in_channels}"
-        )
-    if 0 in arr.shape:
-        raise ValueError(f"`array` of shape {arr.shape} is empty")
+    arr = _channels_before_planes(arr, channel_axis, model)
 
     margin = _Tiler.margin_of(model)
     d = model.divisor
@@ -374,8 +356,7 @@ def predict_dask(
     overlapped = da.overlap.overlap(
         arr, depth=dict(zip(spatial, depth, strict=True)), boundary="none"
     )
-    # An explicit name: hashing a model would pickle all its weights.
-    model_key = dask.delayed(model, name=f"napari-unet-model-{uuid.uuid4().hex}", traverse=False)
+    model_key = _model_key(model)
     out = da.map_blocks(
         _predict_block,
         overlapped,
@@ -390,6 +371,41 @@ def predict_dask(
         meta=np.empty((0,) * arr.ndim, dtype=np.float32),
     )
     return da.moveaxis(out, -3, 0)
+
+
+def _channels_before_planes(
+    arr: dask.array.Array, channel_axis: int | None, model: nn.Module
+) -> dask.array.Array:
+    """Validate a Dask array and return it as (..., C, Y, X) with C = ``in_channels``."""
+    import dask.array as da
+
+    if channel_axis is None:
+        if arr.ndim < 2:
+            raise ValueError(f"`array` has shape {arr.shape}; expected (..., Y, X)")
+        arr = arr[..., np.newaxis, :, :]
+    else:
+        if not -arr.ndim <= channel_axis < arr.ndim or arr.ndim < 3:
+            raise ValueError(
+                f"`channel_axis` {channel_axis} is not an axis of an array of shape "
+                f"{arr.shape} with channels, Y and X"
+            )
+        arr = da.moveaxis(arr, channel_axis, -3)
+    if arr.shape[-3] != model.in_channels:
+        raise ValueError(
+            f"`array` has {arr.shape[-3]} channel(s) along `channel_axis`, but the model "
+            f"expects {model.in_channels}"
+        )
+    if 0 in arr.shape:
+        raise ValueError(f"`array` of shape {arr.shape} is empty")
+    return arr
+
+
+def _model_key(model: nn.Module) -> object:
+    """The model as one named task-graph key, so that it travels once per worker."""
+    import dask
+
+    # An explicit name: hashing a model would pickle all its weights.
+    return dask.delayed(model, name=f"napari-unet-model-{uuid.uuid4().hex}", traverse=False)
 
 
 def _predict_block(
@@ -802,3 +818,124 @@ def _rot(k: int, flip: bool) -> tuple[Callable, Callable]:
 
 
 _DIHEDRAL = [_rot(k, flip) for flip in (False, True) for k in range(4)]
+
+
+#: Instance ids of plane ``i`` (linear index over the leading axes, C order)
+#: of :func:`predict_labels_lazy` are ``i * LAZY_ID_STRIDE + 1 ...``.
+LAZY_ID_STRIDE = 2**16
+
+
+def predict_labels_lazy(
+    model: nn.Module,
+    array: object,
+    *,
+    channel_axis: int | None = None,
+    normalization: object = None,
+    threshold: float = 0.5,
+    tile_shape: Sequence[int] | None = None,
+    tta: bool = False,
+    device: str | torch.device | None = None,
+) -> dask.array.Array:
+    """Lazy instance labels of every 2D plane of a (Dask, Zarr, ...) array.
+
+    Each plane is computed only when asked for (for example when napari
+    shows it), with exactly the steps of the widget's in-memory path for that
+    plane: the model's stored normalisation, tiled prediction
+    (:func:`predict_tiled`), then
+    :func:`~napari_unet.postprocess.probabilities_to_labels`.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A 2D model, as for :func:`predict_tiled`.
+    array : dask.array.Array or array-like, shape (..., Y, X)
+        With an optional channel axis anywhere (``model.in_channels`` long).
+        Rechunked so that every chunk holds one whole plane with all channels.
+    channel_axis : int, optional
+        Axis of ``array`` holding the channels; ``None`` for one channel.
+    normalization : Normalization or dict or None
+        A :class:`~napari_unet.normalize.Normalization` (or its stored dict
+        form, as in a model file's metadata); None: the default.
+    threshold : float
+        Foreground threshold of ``probabilities_to_labels``.
+    tile_shape, tta, device
+        As for :func:`predict_tiled` (``device`` is resolved where a plane is
+        computed).
+
+    Returns
+    -------
+    labels : dask.array.Array of uint32, shape of ``array`` without the channel axis
+        One chunk per plane.
+
+    Notes
+    -----
+    Ids never collide between planes: plane ``i`` (linear index over the
+    leading axes in C order) uses ids ``i * LAZY_ID_STRIDE + 1`` up to
+    ``(i + 1) * LAZY_ID_STRIDE - 1`` (stride ``2**16``). Limits: at most
+    ``2**16`` planes (to fit uint32; checked here) and fewer than ``2**16``
+    cells per plane (checked when a plane is computed). Ids are therefore not
+    consecutive over the stack, unlike the in-memory path.
+
+    The model enters the task graph once, as one named ``dask.delayed`` key.
+    """
+    import dask.array as da
+
+    from .normalize import Normalization
+
+    if not isinstance(normalization, Normalization):
+        normalization = Normalization.from_dict(normalization)
+    arr = da.asarray(array)
+    arr = _channels_before_planes(arr, channel_axis, model)
+    leading = arr.shape[:-3]
+    if math.prod(leading) > 2**32 // LAZY_ID_STRIDE:
+        raise ValueError(
+            f"{math.prod(leading)} planes: lazy labels support at most "
+            f"{2**32 // LAZY_ID_STRIDE} (uint32 ids, {LAZY_ID_STRIDE} per plane)"
+        )
+    arr = arr.rechunk((1,) * len(leading) + (-1, -1, -1))
+    model_key = _model_key(model)
+    return da.map_blocks(
+        _labels_plane_block,
+        arr,
+        model_key,
+        normalization=normalization,
+        threshold=float(threshold),
+        tile_shape=tile_shape,
+        tta=tta,
+        device=device,
+        drop_axis=arr.ndim - 3,
+        chunks=(*arr.chunks[:-3], *arr.chunks[-2:]),
+        dtype=np.uint32,
+        meta=np.empty((0,) * (arr.ndim - 1), dtype=np.uint32),
+    )
+
+
+def _labels_plane_block(
+    block: np.ndarray,
+    model: nn.Module,
+    *,
+    normalization: object,
+    threshold: float,
+    tile_shape: Sequence[int] | None,
+    tta: bool,
+    device: str | torch.device | None,
+    block_info: dict | None = None,
+) -> np.ndarray:
+    """One chunk of :func:`predict_labels_lazy`: (1, ..., 1, C, Y, X) -> (1, ..., 1, Y, X)."""
+    from .postprocess import probabilities_to_labels
+
+    info = block_info[0]
+    leading_location = info["chunk-location"][:-3]
+    leading_count = info["num-chunks"][:-3]
+    index = int(np.ravel_multi_index(leading_location, leading_count)) if leading_count else 0
+    plane = np.asarray(block).reshape(block.shape[-3:])
+    image = normalization(plane, channel_axis=0)
+    probs = predict_tiled(model, image, tile_shape=tile_shape, device=device, tta=tta)
+    part = probabilities_to_labels(probs, threshold=threshold, spatial_dims=2).astype(np.uint32)
+    count = int(part.max(initial=0))
+    if count >= LAZY_ID_STRIDE:
+        raise ValueError(
+            f"plane {index} has {count} cells; lazy labels support fewer than {LAZY_ID_STRIDE}"
+        )
+    out = np.where(part > 0, part + np.uint32(index * LAZY_ID_STRIDE), np.uint32(0))
+    return out.astype(np.uint32, copy=False).reshape(*block.shape[:-3], *block.shape[-2:])

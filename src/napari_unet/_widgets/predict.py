@@ -273,7 +273,9 @@ class PredictWidget(ScrollDock):
         Returns
         -------
         worker : GeneratorWorker or None
-            None if the inputs were invalid (an error notification says why).
+            None if the inputs were invalid (an error notification says why), or
+            for a Dask/Zarr-backed image: then a lazy Labels layer is added at
+            once and no worker runs (see ``_add_lazy``).
         """
         if self.worker is not None:
             show_info("Predict: already running; cancel it first.")
@@ -309,6 +311,9 @@ class PredictWidget(ScrollDock):
             "probabilities": self._probabilities.value,
             "model": path,
         }
+        if _is_lazy(data):
+            self._add_lazy(path, image, data, axis)
+            return None
         worker = thread_worker(
             predict_job,
             start_thread=False,
@@ -335,6 +340,43 @@ class PredictWidget(ScrollDock):
         self._status.value = "loading the model ..."
         worker.start()
         return worker
+
+    def _add_lazy(self, path: Path, image: Image, data: Any, axis: int | None) -> None:
+        """Add a lazy Labels layer for a Dask/Zarr-backed image: nothing is computed here.
+
+        napari computes the planes the user looks at (one dask chunk per
+        plane, see :func:`~napari_unet.tiling.predict_labels_lazy`, which also
+        documents the id scheme: plane ``i`` has ids ``i * 2**16 + 1 ...``).
+        Probabilities are not added for lazy images: a second lazy layer would
+        run the network a second time for every plane shown.
+        """
+        from .._modelfile import load_model
+        from ..tiling import predict_labels_lazy
+
+        try:
+            model, meta = load_model(path, device=None)
+            labels = predict_labels_lazy(
+                model,
+                data,
+                channel_axis=axis,
+                normalization=meta.get("normalization"),
+                threshold=float(self._threshold.value),
+                tile_shape=None if not self._tile.value else (self._tile.value,) * 2,
+                tta=self._tta.value,
+                device=self._device.value,
+            )
+        except (OSError, ValueError) as err:
+            show_error(f"Predict: {err}")
+            return
+        transform = spatial_transform(image, axis)
+        layer = self._viewer.add_labels(
+            labels, name=unique_name(self._viewer, f"{image.name} cells (predicted)"), **transform
+        )
+        note = ""
+        if self._probabilities.value:
+            note = " (probabilities are not added for lazy images)"
+        self._progress.value = 0
+        self._status.value = f"lazy: planes are computed as you browse -> '{layer.name}'{note}"
 
     def cancel(self) -> None:
         """Stop prediction at the next batch of tiles; no layer is added."""
@@ -409,6 +451,19 @@ class PredictWidget(ScrollDock):
         self.worker = None
         if self._alive:
             self._set_running(False)
+
+
+def _is_lazy(data: Any) -> bool:
+    """A Dask or Zarr array: predicted lazily, plane by plane, never loaded whole."""
+    if isinstance(data, np.ndarray):
+        return False
+    try:
+        import dask.array as da
+    except ImportError:  # pragma: no cover - dask comes with napari
+        da = None
+    if da is not None and isinstance(data, da.Array):
+        return True
+    return type(data).__module__.split(".")[0] == "zarr"
 
 
 def _model_channels(path: Path) -> int | None:
