@@ -134,7 +134,7 @@ def test_two_gloo_processes_match_one_process_and_write_once(tmp_path):
     reference = single.model.state_dict()
     for name, value in ddp_model.state_dict().items():
         torch.testing.assert_close(value, reference[name], atol=1e-5, rtol=1e-4)
-    ddp_losses = torch.load(tmp_path / "ddp_losses.pt")
+    ddp_losses = torch.load(tmp_path / "ddp_losses.pt", weights_only=True)
     np.testing.assert_allclose(ddp_losses.numpy(), single.losses, rtol=1e-4)
 
     # The command line: rank 0 alone printed the summary; the files load.
