@@ -582,3 +582,32 @@ def test_predict_dask_layer_stays_lazy(make_napari_viewer, qtbot, tiny_model):
         assert plane[foreground].min() > 2 * LAZY_ID_STRIDE
         assert plane.max() < 3 * LAZY_ID_STRIDE
     np.testing.assert_array_equal(relabel_sequential(plane)[0], relabel_sequential(labels[2])[0])
+
+
+def test_unetplusplus_trains_and_predicts_from_the_widgets(make_napari_viewer, qtbot, tmp_path):
+    viewer = make_napari_viewer()
+    _add_layers(viewer, make_cells_2d())
+    annotate = _dock(viewer, "Annotate cells")
+    train = _dock(viewer, "Train")
+    predict = _dock(viewer, "Predict")
+    annotate._image.value = viewer.layers["synthetic cells"]
+    annotate._labels.value = viewer.layers["synthetic cells ground truth"]
+    assert annotate.add_to_training_set() == 1
+
+    train._arch.value = "U-Net++"
+    _tiny_training(train, tmp_path, iterations=3)
+    train._tile.value = 64
+    train.start()
+    _wait_idle(qtbot, train)
+    result = train.result
+    assert result is not None and result.iterations == 3
+    model, meta = load_model(result.best_path)
+    assert meta["architecture"] == "unetplusplus" and model.padding == "same"
+
+    assert predict._model.value == result.best_path
+    predict._image.value = viewer.layers["synthetic cells"]
+    predict.start()
+    _wait_idle(qtbot, predict)
+    out = viewer.layers["synthetic cells cells (predicted)"]
+    assert out.data.shape == viewer.layers["synthetic cells"].data.shape
+    assert out.data.dtype == np.uint32
