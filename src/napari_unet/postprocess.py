@@ -177,18 +177,7 @@ def probabilities_to_labels(
             f"{min_size}, {min_seed_size}, {split_depth}"
         )
     image_ndim = probs.ndim - 1
-    if spatial_dims is None:
-        if image_ndim not in (2, 3):
-            raise ValueError(
-                f"`probs` (shape {probs.shape}) has {image_ndim} axes after the class axis: "
-                "pass `spatial_dims` (2 or 3) to say how many trailing axes form one image"
-            )
-        spatial_dims = image_ndim
-    elif spatial_dims not in (2, 3) or spatial_dims > image_ndim:
-        raise ValueError(
-            f"`spatial_dims` must be 2 or 3 and at most {image_ndim} for `probs` of shape "
-            f"{probs.shape}, got {spatial_dims}"
-        )
+    spatial_dims = _resolve_spatial_dims(probs.shape, spatial_dims, "probs")
 
     out_shape = probs.shape[1:]
     spatial = out_shape[image_ndim - spatial_dims :]
@@ -210,6 +199,24 @@ def probabilities_to_labels(
         labels[index] = np.where(part > 0, part.astype(np.uint32) + np.uint32(offset), 0)
         offset += count
     return labels.reshape(out_shape)
+
+
+def _resolve_spatial_dims(shape: tuple[int, ...], spatial_dims: int | None, name: str) -> int:
+    """How many trailing axes of (classes, ...) probabilities form one image."""
+    image_ndim = len(shape) - 1
+    if spatial_dims is None:
+        if image_ndim not in (2, 3):
+            raise ValueError(
+                f"`{name}` (shape {shape}) has {image_ndim} axes after the class axis: "
+                "pass `spatial_dims` (2 or 3) to say how many trailing axes form one image"
+            )
+        return image_ndim
+    if spatial_dims not in (2, 3) or spatial_dims > image_ndim:
+        raise ValueError(
+            f"`spatial_dims` must be 2 or 3 and at most {image_ndim} for `{name}` of shape "
+            f"{shape}, got {spatial_dims}"
+        )
+    return spatial_dims
 
 
 def _label_one(
@@ -455,18 +462,7 @@ def labels_dask(
     if 0 in probs.shape:
         raise ValueError(f"`probabilities` (shape {probs.shape}) is empty")
     image_ndim = probs.ndim - 1
-    if spatial_dims is None:
-        if image_ndim not in (2, 3):
-            raise ValueError(
-                f"`probabilities` (shape {probs.shape}) has {image_ndim} axes after the class "
-                "axis: pass `spatial_dims` (2 or 3)"
-            )
-        spatial_dims = image_ndim
-    elif spatial_dims not in (2, 3) or spatial_dims > image_ndim:
-        raise ValueError(
-            f"`spatial_dims` must be 2 or 3 and at most {image_ndim} for `probabilities` of "
-            f"shape {probs.shape}, got {spatial_dims}"
-        )
+    spatial_dims = _resolve_spatial_dims(probs.shape, spatial_dims, "probabilities")
     margins = (int(margin),) * spatial_dims if np.isscalar(margin) else tuple(map(int, margin))
     if len(margins) != spatial_dims or min(margins) < 1:
         raise ValueError(f"`margin` must be one or {spatial_dims} integers >= 1, got {margin}")

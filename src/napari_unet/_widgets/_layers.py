@@ -102,6 +102,19 @@ def current_plane(viewer: Any, layer: Any) -> tuple[int, ...]:
     return tuple(int(np.clip(np.round(data[i]), 0, shape[i] - 1)) for i in range(ndim - 2))
 
 
+def on_layer_list_change(viewer: Any, callback: Callable[..., Any]) -> None:
+    """Call ``callback`` whenever a layer is added, removed or renamed.
+
+    The layer choices of a docked widget go stale otherwise.
+    """
+    for event in (
+        viewer.layers.events.inserted,
+        viewer.layers.events.removed,
+        viewer.layers.events.renamed,
+    ):
+        event.connect(callback)
+
+
 def connect_while_alive(
     signal: Any, callback: Callable[..., Any], alive: Callable[[], bool]
 ) -> Callable[..., Any]:

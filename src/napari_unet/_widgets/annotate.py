@@ -22,6 +22,7 @@ from ._layers import (
     channel_axis_choices,
     current_plane,
     layers_of,
+    on_layer_list_change,
     rectangles_for,
     resolve_channel_axis,
     spatial_shape,
@@ -124,13 +125,7 @@ class AnnotateWidget(ScrollDock):
         self._remove.changed.connect(self._remove_selected)
         self._clear.changed.connect(self._session.training_set.clear)
         self._session.training_set.changed.connect(self._refresh_entries)
-        # Layer lists change while the dock is open; napari also does this for docked widgets.
-        for event in (
-            viewer.layers.events.inserted,
-            viewer.layers.events.removed,
-            viewer.layers.events.renamed,
-        ):
-            event.connect(self._on_layers_changed)
+        on_layer_list_change(viewer, self._on_layers_changed)
         self.native.destroyed.connect(self._on_destroyed)
         self._on_image_changed()
         self._refresh_entries()

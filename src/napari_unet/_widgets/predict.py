@@ -27,6 +27,7 @@ from ..progress import Progress
 from ._layers import (
     channel_axis_choices,
     layers_of,
+    on_layer_list_change,
     resolve_channel_axis,
     spatial_shape,
     spatial_transform,
@@ -187,12 +188,7 @@ class PredictWidget(ScrollDock):
         self._run.changed.connect(self.start)
         self._cancel.changed.connect(self.cancel)
         self._session.models_changed.connect(self._on_session_models)
-        for event in (
-            viewer.layers.events.inserted,
-            viewer.layers.events.removed,
-            viewer.layers.events.renamed,
-        ):
-            event.connect(self._on_layers_changed)
+        on_layer_list_change(viewer, self._on_layers_changed)
         self._watcher = watch_close(self.native, self.cancel, self._on_destroyed)
         self._on_model_changed()
         self._on_image_changed()
@@ -243,9 +239,15 @@ class PredictWidget(ScrollDock):
     def _on_model_changed(self, *_: Any) -> None:
         self._model_file.visible = self._model.value == _FROM_FILE
         path = self.model_path()
-        self._model_info.value = _describe_model(path) if path is not None else ""
-        if path is not None:
-            self._threshold.value = _recommended_threshold(path)
+        if path is None:
+            self._model_info.value = ""
+        else:
+            meta, error = _read_model_metadata(path)
+            self._model_info.value = f"cannot read: {error}" if meta is None else _describe(meta)
+            if meta is not None:
+                from ..pretrained import recommended_threshold
+
+                self._threshold.value = recommended_threshold(meta)
         self._suggest_channel_axis()
 
     def _on_image_changed(self, *_: Any) -> None:
@@ -476,25 +478,18 @@ def _model_channels(path: Path) -> int | None:
     return int(meta.get("in_channels") or meta["arguments"].get("in_channels") or 1)
 
 
-def _recommended_threshold(path: Path) -> float:
-    """The model file's recommended cell threshold (bundled models store one), else 0.5."""
-    from .._modelfile import ModelFileError, read_metadata
-    from ..pretrained import recommended_threshold
-
-    try:
-        return recommended_threshold(read_metadata(path))
-    except (OSError, ModelFileError):
-        return 0.5
-
-
-def _describe_model(path: Path) -> str:
-    """One line about a model file: architecture, channels, classes, training."""
+def _read_model_metadata(path: Path) -> tuple[dict | None, str]:
+    """The model file's metadata and no error, or None and what went wrong."""
     from .._modelfile import ModelFileError, read_metadata
 
     try:
-        meta = read_metadata(path)
+        return read_metadata(path), ""
     except (OSError, ModelFileError) as err:
-        return f"cannot read: {err}"
+        return None, str(err)
+
+
+def _describe(meta: dict) -> str:
+    """One line about a model: architecture, channels, classes, training."""
     args = meta.get("arguments", {})
     text = (
         f"{meta.get('architecture', '?')} depth {args.get('depth', '?')}, "

@@ -12,7 +12,7 @@ from napari.utils.notifications import show_error
 from qtpy.QtCore import QTimer
 
 from ..weights import separation_borders, weight_map
-from ._layers import current_plane, layers_of, unique_name
+from ._layers import current_plane, layers_of, on_layer_list_change, unique_name
 from ._session import session_for
 from ._ui import ScrollDock
 
@@ -90,12 +90,7 @@ class WeightMapWidget(ScrollDock):
         self._show_borders.changed.connect(self.schedule)
         self._update.changed.connect(self.update_preview)
         viewer.dims.events.current_step.connect(self._on_step)
-        for event in (
-            viewer.layers.events.inserted,
-            viewer.layers.events.removed,
-            viewer.layers.events.renamed,
-        ):
-            event.connect(self._on_layers_changed)
+        on_layer_list_change(viewer, self._on_layers_changed)
         self.native.destroyed.connect(self._on_destroyed)
         self._on_labels_changed()
 
