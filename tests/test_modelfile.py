@@ -291,3 +291,40 @@ def test_unetplusplus_round_trip(tmp_path):
     model.eval()
     with torch.no_grad():
         assert torch.equal(model(x), loaded(x))
+
+
+@pytest.mark.parametrize("prefix", [b"\x80", b"PK"])
+def test_own_files_whose_header_length_looks_like_a_pickle_or_zip_load(tmp_path, prefix):
+    # The first bytes of a safetensors file are its header length; 1 file in 256 starts with
+    # 0x80 (a pickle's first byte) and some start with "PK" (a zip's). They are still ours.
+    model = _tiny()
+    found = None
+    for pad in range(0, 1024):
+        path = save_model(
+            model,
+            tmp_path / f"m{pad}.safetensors",
+            metadata={"note": "x" * pad},
+        )
+        if path.read_bytes()[: len(prefix)] == prefix:
+            found = path
+            break
+        path.unlink()
+    if found is None and prefix == b"PK":
+        # "PK" needs a header of 0x4B50 bytes (+ k·65536): pad to it exactly.
+        base = save_model(model, tmp_path / "base.safetensors", metadata={"note": ""})
+        size = struct.unpack("<Q", base.read_bytes()[:8])[0]
+        target = 0x4B50
+        for extra in range(target - size - 8, target - size + 8):
+            path = save_model(
+                model, tmp_path / f"pk{extra}.safetensors", metadata={"note": "x" * extra}
+            )
+            if path.read_bytes()[:2] == b"PK":
+                found = path
+                break
+            path.unlink()
+    assert found is not None, "could not produce a file with that prefix"
+    loaded, stored = load_model(found)
+    assert stored["note"].startswith("x") or stored["note"] == ""
+    assert read_metadata(found)["note"] == stored["note"]
+    for a, b in zip(loaded.state_dict().values(), model.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b)

@@ -271,13 +271,17 @@ def _read_header(path: Path) -> tuple[dict[str, str], bytes]:
     if path.is_dir():
         raise ModelFileError(f"{path} is a folder, not a model file")
     data = path.read_bytes()
-    if data[:2] == b"PK" or data[:1] == b"\x80":
+    # Recognise safetensors by its own structure (a little-endian header length, then a JSON
+    # object), never by a magic byte: the first byte is the low byte of that length and can be
+    # 0x80 ("P" and "K" too) in a perfectly valid file.
+    size = struct.unpack("<Q", data[:8])[0] if len(data) >= 8 else None
+    looks_safetensors = size is not None and size <= _MAX_HEADER and data[8:9] == b"{"
+    if not looks_safetensors and (data[:2] == b"PK" or data[:1] == b"\x80"):
         # Zip archive (torch.save since 1.6) or a raw pickle stream (protocol 2+).
         raise ModelFileError(f"{path} is not a napari-unet model file: {_PICKLE_HINT}")
-    if len(data) < 8:
+    if size is None:
         raise ModelFileError(f"{path} is not a model file: too short ({len(data)} bytes)")
-    (size,) = struct.unpack("<Q", data[:8])
-    if size > _MAX_HEADER or data[8:9] != b"{":
+    if not looks_safetensors:
         raise ModelFileError(
             f"{path} is not a napari-unet model file (no safetensors header); "
             "expected a .safetensors file written by napari-unet"
