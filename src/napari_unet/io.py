@@ -11,6 +11,8 @@ and :func:`create_ome_zarr` makes an OME-Zarr image to store one into.
 
 from __future__ import annotations
 
+import struct
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +26,8 @@ from ._modelfile import (
     read_metadata,
     save_model,
 )
+from .errors import InputError
+from .outputs import atomic_path
 from .pretrained import list_pretrained, load_pretrained
 
 if TYPE_CHECKING:
@@ -81,8 +85,9 @@ def read_image(path: str | Path) -> np.ndarray:
     ------
     FileNotFoundError
         If `path` does not exist or is not a file.
-    ValueError
-        If the suffix is not supported or the file cannot be decoded.
+    napari_unet.errors.InputError
+        (a ``ValueError``) If the suffix is not supported, the file cannot be
+        decoded, or it holds no pixels (0 x N, header only).
 
     Examples
     --------
@@ -97,27 +102,44 @@ def read_image(path: str | Path) -> np.ndarray:
         raise FileNotFoundError(f"image file not found: {path}")
     suffix = _suffix(path)
     if suffix not in IMAGE_SUFFIXES:
-        raise ValueError(
+        raise InputError(
             f"cannot read {path}: unsupported file type {suffix or '(no suffix)'!r}; "
-            f"supported: {', '.join(IMAGE_SUFFIXES)}"
+            f"supported: {', '.join(IMAGE_SUFFIXES)}",
+            path=path,
         )
     try:
-        if suffix in _TIFF_SUFFIXES:
-            import tifffile
+        with warnings.catch_warnings():
+            # tifffile warns about (and then returns nothing for) broken headers;
+            # the checks below say what is wrong instead.
+            warnings.simplefilter("ignore")
+            if suffix in _TIFF_SUFFIXES:
+                import tifffile
 
-            return np.asarray(tifffile.imread(path))
-        import imageio.v3 as iio
+                image = np.asarray(tifffile.imread(path))
+            else:
+                import imageio.v3 as iio
 
-        # Pillow explicitly: imageio would otherwise try every plugin on a
-        # broken file (and warn about deprecated ones) before failing.
-        return np.asarray(iio.imread(path, plugin="pillow"))
-    # Both readers raise ValueError (tifffile.TiffFileError is one) or OSError
-    # for truncated/corrupt files; say which file it was.
-    except (OSError, ValueError) as err:
-        raise ValueError(f"cannot read image {path}: {err}") from err
+                # Pillow explicitly: imageio would otherwise try every plugin on a
+                # broken file (and warn about deprecated ones) before failing.
+                image = np.asarray(iio.imread(path, plugin="pillow"))
+    # Both readers raise ValueError (tifffile.TiffFileError is one), OSError
+    # or struct.error for truncated/corrupt files; say which file it was.
+    except (OSError, ValueError, struct.error, IndexError, KeyError) as err:
+        raise InputError(
+            f"cannot read image {path}: {err or type(err).__name__}; the file is damaged "
+            "or not a readable image",
+            path=path,
+        ) from err
+    if image.size == 0 or image.ndim == 0:
+        raise InputError(
+            f"image {path} holds no pixels (shape {image.shape}): the file is empty or "
+            "only a header; write it again or remove it from the input folder",
+            path=path,
+        )
+    return image
 
 
-def write_image(path: str | Path, array: np.ndarray) -> None:
+def write_image(path: str | Path, array: np.ndarray, *, overwrite: bool = True) -> None:
     """Write an array to an image file, the format chosen by the suffix.
 
     Parameters
@@ -128,27 +150,45 @@ def write_image(path: str | Path, array: np.ndarray) -> None:
         stores (Y, X) or (Y, X, 3|4) ``uint8``/``uint16``; ``.jpg`` (lossy)
         stores ``uint8`` only.
     array : ndarray
-        The data to write.
+        The data to write (not empty).
+    overwrite : bool, optional
+        Replace an existing file; False raises
+        :class:`~napari_unet.errors.OutputExistsError`.
 
     Raises
     ------
     FileNotFoundError
         If the destination folder does not exist.
     ValueError
-        If the suffix is unsupported, or the dtype/shape cannot be stored in
-        that format (use ``.tif`` for labels beyond uint16 or floats).
+        If the suffix is unsupported, the array is empty, or the dtype/shape
+        cannot be stored in that format (use ``.tif`` for labels beyond
+        uint16 or floats).
+    napari_unet.errors.OutputError
+        If the file cannot be written (disk full, read-only, permission
+        denied: the message names the file and the fix), or `path` is a
+        symbolic link.
+
+    Notes
+    -----
+    The file is written under a temporary name in the same folder and
+    renamed when complete (:func:`napari_unet.outputs.atomic_path`): after
+    a crash or Ctrl-C `path` holds the previous file or none, never a
+    truncated one.
     """
     path = Path(path)
     array = np.asarray(array)
     if not path.parent.is_dir():
         raise FileNotFoundError(f"cannot write {path}: folder {path.parent} does not exist")
     suffix = _suffix(path)
+    if array.size == 0:
+        raise ValueError(f"`array` of shape {array.shape} is empty: nothing to write to {path}")
     if suffix in _TIFF_SUFFIXES:
         import tifffile
 
-        # minisblack: keep the axes as given; never reinterpret a trailing
-        # axis of 3 as RGB.
-        tifffile.imwrite(path, array, photometric="minisblack")
+        with atomic_path(path, overwrite=overwrite) as tmp:
+            # minisblack: keep the axes as given; never reinterpret a trailing
+            # axis of 3 as RGB.
+            tifffile.imwrite(tmp, array, photometric="minisblack")
         return
     if suffix not in _IMAGEIO_SUFFIXES:
         raise ValueError(
@@ -169,7 +209,8 @@ def write_image(path: str | Path, array: np.ndarray) -> None:
         )
     import imageio.v3 as iio
 
-    iio.imwrite(path, array, plugin="pillow")
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        iio.imwrite(tmp, array, plugin="pillow", extension=suffix)
 
 
 def list_images(dir_or_file: str | Path) -> list[Path]:
