@@ -63,8 +63,8 @@ def run(quick: bool = False) -> list[Row]:
     try:
         for data, kwargs, kind in make_cells_2d():
             getattr(viewer, f"add_{kind}")(data, **kwargs)
-        _, annotate = viewer.window.add_plugin_dock_widget("napari-unet", "Annotate cells")
-        _, train = viewer.window.add_plugin_dock_widget("napari-unet", "Train")
+        _, annotate = viewer.window.add_plugin_dock_widget("napari-unet-cells", "Annotate cells")
+        _, train = viewer.window.add_plugin_dock_widget("napari-unet-cells", "Train")
         annotate.add_to_training_set()
         _probe(0.5)  # let the window settle
         idle, _ = _probe(seconds)
@@ -102,7 +102,7 @@ def run(quick: bool = False) -> list[Row]:
 
         _, labels = synthetic_cells((512, 512), radius=(16, 24), seed=1)
         layer = viewer.add_labels(labels, name="big")
-        _, weights = viewer.window.add_plugin_dock_widget("napari-unet", "Weight map")
+        _, weights = viewer.window.add_plugin_dock_widget("napari-unet-cells", "Weight map")
         weights._labels.value = layer
         weights.update_preview()
         preview = []

@@ -21,7 +21,7 @@ from napari_unet.models import UNet
 
 pytestmark = pytest.mark.gui
 
-PLUGIN = "napari-unet"
+PLUGIN = "napari-unet-cells"
 WORKER_TIMEOUT_MS = 60_000
 
 

@@ -1333,11 +1333,13 @@ def _run_predict_chunked(args: argparse.Namespace, model, normalize) -> int:
 def _add_info(subparsers) -> None:
     parser = subparsers.add_parser(
         "info",
-        help="show what a model file holds",
+        help="show what a model file holds, or (no MODEL) which distribution is installed",
         description="Print the metadata of a model file: architecture, classes, "
-        "normalisation and how it was trained. Reads the file safely (no code runs).",
+        "normalisation and how it was trained. Reads the file safely (no code runs). "
+        "Without MODEL: which installed distribution provides the napari_unet package "
+        "(napari-unet-cells; a warning if the unrelated napari-unet claims it too).",
     )
-    parser.add_argument("model", metavar="MODEL", help="model file (.safetensors)")
+    parser.add_argument("model", metavar="MODEL", nargs="?", help="model file (.safetensors)")
     parser.add_argument("--json", action="store_true", help="print the raw JSON metadata")
     parser.set_defaults(func=_run_info)
 
@@ -1345,6 +1347,12 @@ def _add_info(subparsers) -> None:
 def _run_info(args: argparse.Namespace) -> int:
     import json
 
+    if args.model is None:
+        from .distribution import installation_report
+
+        report, ok = installation_report()
+        print(report)
+        return 0 if ok else 1
     from ._modelfile import ModelFileError, load_model
 
     try:
@@ -1419,7 +1427,8 @@ def _add_demo(subparsers) -> None:
             "Open napari with synthetic touching cells (2D, with ground truth, and a 3D\n"
             "stack) and the Annotate cells, Weight map, Train and Predict widgets docked.\n"
             "The ground truth is already in the training set: press 'Start training',\n"
-            "then 'Predict'. Needs napari with a Qt binding (pip install 'napari-unet[all]')."
+            "then 'Predict'. Needs napari with a Qt binding:\n"
+            "pip install 'napari-unet-cells[demo]'."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -1437,7 +1446,8 @@ def _run_demo(args: argparse.Namespace) -> int:
         import napari
     except ImportError as err:
         raise CommandError(
-            f"napari is not installed ({err}); install it with: pip install 'napari-unet[all]'"
+            f"napari is not installed ({err}); "
+            "install it with: pip install 'napari-unet-cells[demo]'"
         ) from err
     from ._widgets._demo import setup_demo
 
@@ -1479,7 +1489,7 @@ def _add_export(subparsers) -> None:
             "    otherwise a folder. napari-unet reads the package back (load_model).\n"
             "  --format onnx: the network with its softmax as one .onnx file, checked\n"
             "    against PyTorch with onnxruntime. The input must be normalised already.\n"
-            "Needs the export extra: pip install 'napari-unet[export]'."
+            "Needs the export extra: pip install 'napari-unet-cells[export]'."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

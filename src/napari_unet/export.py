@@ -92,7 +92,7 @@ _RDF_NAMES = ("rdf.yaml", "bioimageio.yaml")
 #: and newer bioimageio.spec versions upgrade it on load (0.5.12 validates it as 0.5.12).
 RDF_FORMAT_VERSION = "0.5.4"
 _MODEL_FILE = "model.safetensors"
-_INSTALL_HINT = "install the export extra: pip install 'napari-unet[export]'"
+_INSTALL_HINT = "install the export extra: pip install 'napari-unet-cells[export]'"
 _CITE_UNET = {
     "text": "Ronneberger, Fischer and Brox: U-Net: Convolutional Networks for Biomedical "
     "Image Segmentation, MICCAI 2015",
@@ -541,7 +541,7 @@ def export_bioimageio(
         (folder / "environment.yaml").write_text(
             "name: napari-unet\nchannels:\n  - conda-forge\n  - nodefaults\ndependencies:\n"
             f"  - python>=3.10\n  - pytorch>={torch_version}\n  - pip\n  - pip:\n"
-            f"    - napari-unet>={__version__}\n",
+            f"    - napari-unet-cells>={__version__}\n",
             encoding="utf-8",
         )
         example = torch.from_numpy(normalization(image, channel_axis=0)[np.newaxis])

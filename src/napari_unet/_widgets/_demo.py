@@ -10,7 +10,7 @@ from .._sample_data import make_cells_2d, make_cells_3d
 
 __all__ = ["WIDGETS", "setup_demo"]
 
-PLUGIN = "napari-unet"
+PLUGIN = "napari-unet-cells"
 #: The dock widgets, by their display names in the manifest.
 WIDGETS = ("Annotate cells", "Weight map", "Train", "Predict")
 
