@@ -28,3 +28,11 @@ def isbi2012() -> Path:
 def dsb2018() -> Path:
     """``../shared/data/dsb2018`` (images/<id>.png, labels/<id>.tif), or skip."""
     return _require(SHARED_DATA / "dsb2018")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Exported models (inference.py) go to a temporary cache, never the user's."""
+    import os
+
+    os.environ["NAPARI_UNET_CACHE_DIR"] = str(tmp_path_factory.mktemp("napari-unet-cache"))

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .devices import select_device
+from .inference import Backend, make_backend
 from .progress import Progress, drive
 
 if TYPE_CHECKING:
@@ -52,6 +53,8 @@ def predict_tiled(
     device: str | torch.device | None = None,
     tta: bool = False,
     overlap: Sequence[int] | int | None = None,
+    backend: str | Backend = "auto",
+    precision: str = "auto",
     progress: Callable[[int, int], object] | None = None,
     cancel: Callable[[], bool] | None = None,
 ) -> np.ndarray:
@@ -82,6 +85,16 @@ def predict_tiled(
         Only for ``padding="same"`` models: overlap between neighbouring
         tiles in pixels. Default: ``2 * context + 1`` rounded up to
         ``2**depth`` (192 at depth 4), which makes tiling exact (Notes).
+    backend : {"auto", "eager", "compile", "onnxruntime"} or Backend
+        Inference engine, or a callable from
+        :func:`~napari_unet.inference.make_backend` (reuse one across calls to
+        pay its set-up once). ``"auto"``: the fastest path whose labels equal
+        fp32 eager (ONNX Runtime on the CPU when its export is cached or pays
+        back, see :mod:`napari_unet.inference`).
+    precision : {"auto", "fp32", "bf16", "fp16"}
+        ``"auto"`` is fp32 here (a model's recorded bf16 check is honoured
+        through ``make_backend(..., metadata=...)``). Every fp32 backend keeps
+        the exactness described in the Notes.
     progress : callable, optional
         Called as ``progress(done, total)`` after every batch of tiles.
     cancel : callable, optional
@@ -136,6 +149,8 @@ def predict_tiled(
         device=device,
         tta=tta,
         overlap=overlap,
+        backend=backend,
+        precision=precision,
     )
     return drive(events, progress=progress, cancel=cancel)
 
@@ -149,6 +164,9 @@ def iter_predict_tiled(
     device: str | torch.device | None = None,
     tta: bool = False,
     overlap: Sequence[int] | int | None = None,
+    backend: str | Backend = "auto",
+    precision: str = "auto",
+    _images: int = 1,
 ) -> Generator[Progress, None, np.ndarray]:
     """Generator form of :func:`predict_tiled`.
 
@@ -160,9 +178,15 @@ def iter_predict_tiled(
     dev = select_device(device)
     # TTA rotates the image, so its tiles are planned square for the longest side.
     plan_shape = (max(image.shape[1:]),) * 2 if tta else image.shape[1:]
-    tiler = _Tiler(model, plan_shape, tile_shape, dev, overlap)
+    if isinstance(backend, str):
+        backend = make_backend(model, backend=backend, precision=precision, device=dev)
+    tiler = _Tiler(model, plan_shape, tile_shape, dev, overlap, backend)
     transforms = _DIHEDRAL if tta else _DIHEDRAL[:1]
     total = len(transforms) * tiler.count_tiles(image.shape[1:])
+    # A backend that pays a set-up cost decides from the work announced
+    # (`_images` same-shaped images for a stack, announced with its first plane).
+    if _images and hasattr(backend, "expect"):
+        backend.expect(total * _images)
     done = 0
     result = np.zeros((model.num_classes, *image.shape[1:]), dtype=np.float32)
     for forward, inverse in transforms:
@@ -209,7 +233,8 @@ def predict_stack(
         As for :func:`predict_tiled`; ``total`` counts tiles of all planes.
     **kwargs
         Passed to :func:`predict_tiled` (``tile_shape``, ``batch_size``,
-        ``device``, ``tta``, ``overlap``).
+        ``device``, ``tta``, ``overlap``, ``backend``, ``precision``). The
+        backend is set up once for all planes.
 
     Returns
     -------
@@ -262,10 +287,20 @@ def iter_predict_stack(
         raise ValueError(f"`data` of shape {data.shape} holds no planes")
 
     out = np.empty((model.num_classes, planes.shape[0], *planes.shape[-2:]), dtype=np.float32)
+    backend = kwargs.pop("backend", "auto")
+    if isinstance(backend, str):
+        backend = make_backend(
+            model,
+            backend=backend,
+            precision=str(kwargs.pop("precision", "auto")),
+            device=kwargs.get("device"),
+        )
     # Tiles per plane are the same for every plane, so the total is known up front.
     per_plane = None
     for index, plane in enumerate(planes):
-        events = iter_predict_tiled(model, plane, **kwargs)
+        events = iter_predict_tiled(
+            model, plane, backend=backend, _images=len(planes) if index == 0 else 0, **kwargs
+        )
         while True:
             try:
                 event = next(events)
@@ -624,11 +659,11 @@ class _Tiler:
         tile_shape: Sequence[int] | None,
         device: torch.device,
         overlap: Sequence[int] | int | None,
+        backend: Backend | None = None,
     ) -> None:
-        # channels_last lets oneDNN (CPU) and cuDNN pick faster convolutions:
-        # 15-40% per tile on the CPU here (docs/performance.md).
-        self.memory_format = torch.channels_last
-        self.model = model.to(device, memory_format=self.memory_format).eval()
+        # Eager channels_last fp32 unless told otherwise (inference.py).
+        self.run = backend or make_backend(model, backend="eager", precision="fp32", device=device)
+        self.model = model
         self.device = device
         if tile_shape is None:
             tile = choose_tile_shape(model, image_shape, device)
@@ -748,9 +783,8 @@ class _Tiler:
         for batch in _batched(positions, batch_size):
             tiles = torch.stack(
                 [padded_t[:, y : y + self.tile[0], x : x + self.tile[1]] for y, x in batch]
-            ).to(self.device, memory_format=self.memory_format)
-            with torch.inference_mode():
-                probs = torch.softmax(self.model(tiles).float(), dim=1).cpu().numpy()
+            )
+            probs = self.run(tiles)
             for (y, x), p in zip(batch, probs, strict=True):
                 if weights is None:
                     out[:, y : y + self.step[0], x : x + self.step[1]] = p[
