@@ -421,8 +421,10 @@ def model_digest(model: nn.Module) -> str:
 def _versions() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
-    parts = [f"torch={torch.__version__}"]
-    for dist in ("onnx", "onnxscript", "napari-unet"):
+    from . import __version__
+
+    parts = [f"torch={torch.__version__}", f"napari_unet={__version__}"]
+    for dist in ("onnx", "onnxscript"):
         try:
             parts.append(f"{dist}={version(dist)}")
         except PackageNotFoundError:
