@@ -523,7 +523,7 @@ def test_predict_dask_layer_stays_lazy(make_napari_viewer, qtbot, tiny_model):
 
     from napari_unet._widgets.predict import predict_job
     from napari_unet.progress import drive
-    from napari_unet.tiling import LAZY_ID_STRIDE
+    from napari_unet.segment import LAZY_ID_STRIDE
 
     stack = make_cells_3d()[0][0][:6, :64, :64]
     read: list[int] = []  # the planes of the input that were read

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -720,11 +720,15 @@ class _ProgressBar:
                     shown[key] = f"{info[key]:.4f}"
             bar.set_postfix(shown, refresh=False)
 
-    def count(self, desc: str):
-        def update(done: int, total: int) -> None:
-            bar = self._bar(desc, total, "tile", desc)
+    def segment_event(self, desc: str):
+        """A progress callback for :func:`napari_unet.segment.segment`: a bar of tiles."""
+
+        def update(event) -> None:
+            if event.stage != "predict":
+                return
+            bar = self._bar(desc, event.total, "tile", desc)
             if bar is not None:
-                bar.update(done - bar.n)
+                bar.update(event.done - bar.n)
 
         return update
 
@@ -811,72 +815,44 @@ def _add_predict(subparsers) -> None:
     parser.set_defaults(func=_run_predict)
 
 
-def _predict_layout(
-    path: Path, image: np.ndarray, channels: int, channel_axis: int | None
-) -> tuple[np.ndarray, int | None]:
-    """The image and the axis of its channels (None: one channel, no axis)."""
-    if _is_colour(path, image):
-        if channels == 3:
-            return image[..., :3], image.ndim - 1
-        if channels == 1 and (image[..., :3] == image[..., :1]).all():
-            return image[..., 0], None
-        raise CommandError(
-            f"{path} is a colour image (shape {image.shape}); the model expects "
-            f"{channels} channel(s)"
+def _predict_settings(args: argparse.Namespace):
+    """The model (loaded once) and the pipeline settings of a predict command."""
+    from .segment import SegmentConfig, load_segmenter
+
+    try:
+        model, meta = load_segmenter(_resolve_model(args.model))
+    except (FileNotFoundError, ValueError) as err:
+        raise CommandError(f"--model: {err}") from err
+    try:
+        config = SegmentConfig.from_metadata(
+            meta,
+            tile=args.tile,
+            tta=args.tta,
+            threshold=args.threshold,
+            batch_size=args.batch_size,
+            device=args.device,
+            level=args.level,
+            probabilities=args.probabilities,
         )
-    if channel_axis is not None:
-        if not -image.ndim <= channel_axis < image.ndim - 2:
-            raise CommandError(
-                f"--channel-axis {channel_axis} is not a leading axis of {path} "
-                f"(shape {image.shape}); the last two axes are (Y, X)"
-            )
-        if image.shape[channel_axis] != channels:
-            raise CommandError(
-                f"{path}: axis {channel_axis} has {image.shape[channel_axis]} entries, the "
-                f"model expects {channels} channel(s)"
-            )
-        return image, channel_axis % image.ndim
-    if channels == 1:
-        if image.ndim < 2:
-            raise CommandError(f"{path} has shape {image.shape}, expected (..., Y, X)")
-        return image, None
-    candidates = [axis for axis in range(image.ndim - 2) if image.shape[axis] == channels]
-    if image.ndim >= 3 and image.shape[-1] == channels and not candidates:
-        return image, image.ndim - 1  # channels last
-    if not candidates:
-        raise CommandError(
-            f"{path} (shape {image.shape}) has no axis of {channels} channels, which the "
-            "model expects"
-        )
-    return image, candidates[0]
+    except ValueError as err:
+        raise CommandError(str(err)) from err
+    if config.level is not None:
+        # Checked before any image is read: a wrong level fails at once.
+        try:
+            load_segmenter(model, level=config.level)
+        except ValueError as err:
+            raise CommandError(f"--level: {err}") from err
+    return (model, meta), config
 
 
 def _run_predict(args: argparse.Namespace) -> int:
-    from ._modelfile import ModelFileError, load_model
     from .io import list_images, write_image
-    from .normalize import Normalization
-    from .postprocess import probabilities_to_labels
     from .progress import Cancelled
-    from .tiling import predict_stack
+    from .segment import segment
 
-    try:
-        model, meta = load_model(_resolve_model(args.model))
-        normalize = Normalization.from_dict(meta.get("normalization"))
-    except (FileNotFoundError, ModelFileError, ValueError) as err:
-        raise CommandError(f"--model: {err}") from err
-    if args.threshold is None:
-        args.threshold = _recommended_threshold(meta)
-    if args.level is not None:
-        if not hasattr(model, "prune"):
-            raise CommandError(f"--level applies to U-Net++ models; {args.model} is not one")
-        try:
-            model = model.prune(args.level)
-        except ValueError as err:
-            raise CommandError(f"--level: {err}") from err
-    if getattr(model, "spatial_dims", 2) != 2:
-        raise CommandError("predict supports 2D models only")
+    model, config = _predict_settings(args)
     if _wants_chunked(args):
-        return _run_predict_chunked(args, model, normalize)
+        return _run_predict_chunked(args, model, config)
     inputs: list[Path] = []
     for item in args.inputs:
         try:
@@ -912,39 +888,46 @@ def _run_predict(args: argparse.Namespace) -> int:
     bar = _ProgressBar(args.quiet)
     try:
         for path, names in zip(inputs, targets, strict=True):
-            image, channel_axis = _predict_layout(
-                path, _read(path), model.in_channels, args.channel_axis
-            )
-            if not np.issubdtype(image.dtype, np.number):
-                raise CommandError(f"{path} (dtype {image.dtype}) is not a numeric image")
+            image, channel_axis = _read_for_model(path, model[0].in_channels, args.channel_axis)
             try:
-                data = normalize(image, channel_axis=channel_axis)
-                probs = predict_stack(
+                result = segment(
                     model,
-                    data,
+                    image,
                     channel_axis=channel_axis,
-                    tile_shape=None if args.tile is None else (args.tile, args.tile),
-                    batch_size=args.batch_size,
-                    device=args.device,
-                    tta=args.tta,
-                    progress=bar.count(path.name),
+                    config=config,
+                    progress=bar.segment_event(path.name),
                 )
-                labels = probabilities_to_labels(probs, threshold=args.threshold, spatial_dims=2)
             except Cancelled:
                 raise KeyboardInterrupt from None
             except ValueError as err:
                 raise CommandError(f"{path}: {err}") from err
             bar.close()
+            labels = result.labels
             if labels.max(initial=0) < 2**16:
                 labels = labels.astype(np.uint16)
             write_image(names[0], labels)
             if args.probabilities:
-                write_image(names[1], probs.astype(np.float32))
+                write_image(names[1], result.probabilities)
             count = len(np.unique(labels)) - (1 if (labels == 0).any() else 0)
             print(f"{path.name}: {count} objects -> {', '.join(str(n) for n in names)}")
     finally:
         bar.close()
     return 0
+
+
+def _read_for_model(
+    path: Path, channels: int, channel_axis: int | None
+) -> tuple[np.ndarray, int | None]:
+    """An image file and its channel axis (colour PNG/JPEG files are arranged for the model)."""
+    from .axes import colour_to_channels
+
+    image = _read(path)
+    if _is_colour(path, image) and channel_axis is None:
+        try:
+            return colour_to_channels(image, channels)
+        except ValueError as err:
+            raise CommandError(f"{path} is {err}") from err
+    return image, channel_axis
 
 
 # -- predict, chunked mode: Zarr / OME-Zarr / large TIFF through Dask ----------------------
@@ -1010,208 +993,8 @@ def _parse_chunks(text: str | None) -> tuple[int, int] | None:
     return (sizes[0], sizes[-1])
 
 
-class _Layout:
-    """A chunked input arranged for prediction: data, channel axis, axis names, pixel sizes."""
-
-    def __init__(self, data, channel_axis: int | None, axes: list[str], scale: list[float]):
-        self.data = data
-        self.channel_axis = channel_axis
-        self.axes = axes
-        self.scale = scale
-
-    @property
-    def leading(self) -> list[int]:
-        """Axes that are neither channels nor (Y, X): predicted plane by plane."""
-        return [a for a in range(self.data.ndim - 2) if a != self.channel_axis]
-
-
-def _chunked_layout(path: Path, image, channels: int, channel_axis: int | None) -> _Layout:
-    import dask.array as da
-
-    data, axes, scale = image.data, list(image.axes), list(image.scale)
-    shape = data.shape
-    if data.ndim < 2 or not np.issubdtype(data.dtype, np.number):
-        raise CommandError(f"{path}: expected a numeric (..., Y, X) array, got {data}")
-    if channel_axis is not None:
-        if not -data.ndim <= channel_axis < data.ndim:
-            raise CommandError(f"--channel-axis {channel_axis} is out of range for shape {shape}")
-        axis = channel_axis % data.ndim
-    elif image.channel_axis is not None:
-        axis = image.channel_axis
-    elif channels == 1:
-        axis = None
-    else:
-        candidates = [a for a in range(data.ndim - 2) if shape[a] == channels]
-        if not candidates and shape[-1] == channels and data.ndim >= 3:
-            candidates = [data.ndim - 1]
-        if not candidates:
-            raise CommandError(
-                f"{path} (shape {shape}) has no axis of {channels} channels, which the model "
-                "expects; pass --channel-axis"
-            )
-        axis = candidates[0]
-    if axis is not None:
-        if shape[axis] != channels:
-            raise CommandError(
-                f"{path}: axis {axis} has {shape[axis]} entries, the model expects "
-                f"{channels} channel(s)"
-            )
-        if axis >= data.ndim - 2:  # channels last: the last two axes must be (Y, X)
-            data = da.moveaxis(data, axis, 0)
-            axes.insert(0, axes.pop(axis))
-            scale.insert(0, scale.pop(axis))
-            axis = 0
-    return _Layout(data, axis, axes, scale)
-
-
-def _plane_percentiles(moved, low: float, high: float) -> tuple[np.ndarray, np.ndarray]:
-    """Per channel and plane percentiles of a (C, ..., Y, X) Dask array, one plane at a time.
-
-    Integer images of up to 16 bits: exact (NumPy's linear interpolation),
-    from histograms summed over the chunks. Other dtypes: from a regular
-    subsample of at most ~4 million pixels per plane.
-    """
-    import dask
-
-    dtype = moved.dtype
-    exact = np.issubdtype(dtype, np.integer) and dtype.itemsize <= 2
-    lo = np.empty(moved.shape[:-2], np.float32)
-    hi = np.empty(moved.shape[:-2], np.float32)
-    for index in np.ndindex(*moved.shape[1:-2]):
-        plane = moved[(slice(None), *index)]
-        if exact:
-            first = int(np.iinfo(dtype).min)
-            bins = 2 ** (8 * dtype.itemsize)
-            parts = [
-                dask.delayed(_block_histogram)(block, first, bins)
-                for block in plane.to_delayed().ravel()
-            ]
-            counts = dask.delayed(sum)(parts).compute()
-            values = np.stack([_histogram_percentiles(c, first, (low, high)) for c in counts])
-        else:
-            step = max(1, int(np.ceil(np.sqrt(plane.shape[-2] * plane.shape[-1] / 4e6))))
-            sample = plane[:, ::step, ::step].compute().astype(np.float32)
-            values = np.percentile(sample, [low, high], axis=(-2, -1)).T
-        lo[(slice(None), *index)] = values[:, 0]
-        hi[(slice(None), *index)] = values[:, 1]
-    return lo, hi
-
-
-def _block_histogram(block: np.ndarray, first: int, bins: int) -> np.ndarray:
-    """Counts of every value per channel of a (C, y, x) block."""
-    flat = block.reshape(block.shape[0], -1).astype(np.int64) - first
-    return np.stack([np.bincount(row, minlength=bins) for row in flat])
-
-
-def _histogram_percentiles(counts: np.ndarray, first: int, qs: Sequence[float]) -> np.ndarray:
-    """``np.percentile(values, qs)`` (linear method) from a histogram of integer values."""
-    cumulative = np.cumsum(counts)
-    n = int(cumulative[-1])
-    out = []
-    for q in qs:
-        position = (n - 1) * q / 100.0
-        k = int(np.floor(position))
-        below = np.searchsorted(cumulative, k, side="right") + first
-        above = np.searchsorted(cumulative, min(k + 1, n - 1), side="right") + first
-        out.append(np.float32(below + (position - k) * (above - below)))
-    return np.array(out, np.float32)
-
-
-def _normalize_chunked(layout: _Layout, normalize):
-    """The model's normalisation applied lazily to a chunked image (float32)."""
-    import dask.array as da
-
-    data = layout.data
-    if normalize.scope == "none":
-        return data.astype(np.float32)
-    axis = layout.channel_axis
-    moved = data[np.newaxis] if axis is None else da.moveaxis(data, axis, 0)
-    moved = moved.rechunk({0: -1})
-    if normalize.scope == "dataset":
-        if normalize.lo is None or moved.shape[0] != len(normalize.lo):
-            raise CommandError(
-                f"the model's dataset normalisation does not fit {moved.shape[0]} channel(s)"
-            )
-        shape = (-1,) + (1,) * (moved.ndim - 1)
-        lo = np.asarray(normalize.lo, np.float32).reshape(shape)
-        hi = np.asarray(normalize.hi, np.float32).reshape(shape)
-        out = (moved.astype(np.float32) - lo) / (hi - lo + 1e-6)
-    else:
-        lo, hi = _plane_percentiles(moved, normalize.low, normalize.high)
-        lo, hi = lo[..., np.newaxis, np.newaxis], hi[..., np.newaxis, np.newaxis]
-        # As percentile_normalize: (x - lo) / (hi - lo + eps) in float32.
-        out = (moved.astype(np.float32) - lo) / (hi - lo + np.float32(1e-6))
-    out = out.astype(np.float32)
-    return out[0] if axis is None else da.moveaxis(out, 0, axis)
-
-
-@contextlib.contextmanager
-def _dask_scheduler(spec: str | None) -> Iterator[object]:
-    """Run Dask computations on the threaded scheduler, synchronously, or on a cluster."""
-    import dask
-
-    if spec in (None, "threads", "synchronous"):
-        with dask.config.set(scheduler=spec or "threads"):
-            yield None
-        return
-    if "://" not in spec:
-        raise CommandError(
-            f"--scheduler must be threads, synchronous or a scheduler address such as "
-            f"tcp://host:8786, got {spec!r}"
-        )
-    try:
-        from distributed import Client
-    except ImportError as err:
-        raise CommandError(
-            f"--scheduler {spec} needs dask.distributed ({err}); pip install distributed"
-        ) from err
-    try:
-        client = Client(spec, timeout="10s")
-    except (OSError, TimeoutError) as err:
-        raise CommandError(f"--scheduler: cannot connect to {spec}: {err}") from err
-    # Closing the client leaves the cluster running for others.
-    with client:
-        yield client
-
-
-def _store(array, target, quiet: bool, client: object, what: str) -> None:
-    """Write a Dask array into a Zarr array chunk by chunk (zarr chunks = dask chunks)."""
-    import dask.array as da
-
-    array = array.rechunk(target.chunks)
-    if quiet or client is not None:
-        da.store(array, target, lock=False)
-        return
-    from dask.diagnostics import ProgressBar
-
-    print(what, file=sys.stderr, flush=True)
-    with ProgressBar(out=sys.stderr):
-        da.store(array, target, lock=False)
-
-
-def _run_predict_chunked(args: argparse.Namespace, model, normalize) -> int:
-    import shutil
-    import tempfile
-
-    import dask.array as da
-
-    try:
-        import zarr
-    except ImportError as err:
-        raise CommandError(
-            f"chunked mode (Zarr, large TIFF) needs zarr ({err}); pip install 'zarr>=3'"
-        ) from err
-
-    from .io import create_ome_zarr, open_chunked
-    from .postprocess import labels_dask
-    from .tiling import predict_dask
-
-    if args.tta:
-        raise CommandError("--tta is not available in chunked mode (Zarr, large TIFF)")
-    inputs = _chunked_inputs(args.inputs)
-    chunks = _parse_chunks(args.chunks)
-    if args.labels_margin < 1:
-        raise CommandError(f"--labels-margin must be >= 1, got {args.labels_margin}")
+def _chunked_targets(args: argparse.Namespace, inputs: list[Path]) -> tuple[Path, list]:
+    """The output folder and (labels, probabilities or None) stores, checked before any work."""
     out = Path(args.out)
     if out.suffix.lower() == ".zarr":
         if len(inputs) != 1:
@@ -1243,91 +1026,60 @@ def _run_predict_chunked(args: argparse.Namespace, model, normalize) -> int:
     if existing and not args.overwrite:
         shown = ", ".join(existing[:3]) + (" ..." if len(existing) > 3 else "")
         raise CommandError(f"{shown} exists; pass --overwrite to replace")
+    return folder, targets
+
+
+def _run_predict_chunked(args: argparse.Namespace, model, config) -> int:
+    from .segment import dask_scheduler, segment_chunked
+
+    try:
+        import zarr  # noqa: F401
+    except ImportError as err:
+        raise CommandError(
+            f"chunked mode (Zarr, large TIFF) needs zarr ({err}); pip install 'zarr>=3'"
+        ) from err
+    if args.tta:
+        raise CommandError("--tta is not available in chunked mode (Zarr, large TIFF)")
+    inputs = _chunked_inputs(args.inputs)
+    chunks = _parse_chunks(args.chunks)
+    if args.labels_margin < 1:
+        raise CommandError(f"--labels-margin must be >= 1, got {args.labels_margin}")
+    folder, targets = _chunked_targets(args, inputs)
     folder.mkdir(parents=True, exist_ok=True)
     if args.probabilities:
         (folder / "probabilities").mkdir(exist_ok=True)
 
-    with _dask_scheduler(args.scheduler) as client:
+    with contextlib.ExitStack() as stack:
+        try:
+            client = stack.enter_context(dask_scheduler(args.scheduler))
+        except ValueError as err:
+            raise CommandError(f"--scheduler {err}") from err
         for path, (labels_path, probs_path) in zip(inputs, targets, strict=True):
             try:
-                image = open_chunked(path)
-            except (FileNotFoundError, ValueError) as err:
-                raise CommandError(str(err)) from err
-            layout = _chunked_layout(path, image, model.in_channels, args.channel_axis)
-            data = layout.data
-            spatial = (data.ndim - 2, data.ndim - 1)
-            sides = chunks or tuple(
-                int(min(max(max(data.chunks[ax]), 256), 2048)) for ax in spatial
-            )
-            layout.data = data.rechunk(
-                {
-                    **{ax: 1 for ax in layout.leading},
-                    **({layout.channel_axis: -1} if layout.channel_axis is not None else {}),
-                    **dict(zip(spatial, sides, strict=True)),
-                }
-            )
-            try:
-                probs = predict_dask(
+                count = segment_chunked(
                     model,
-                    _normalize_chunked(layout, normalize),
-                    channel_axis=layout.channel_axis,
-                    tile_shape=None if args.tile is None else (args.tile, args.tile),
-                    batch_size=args.batch_size,
-                    device=args.device,
-                )
-            except ValueError as err:
-                raise CommandError(f"{path}: {err}") from err
-            lead_axes = [layout.axes[a] for a in layout.leading]
-            lead_scale = [layout.scale[a] for a in layout.leading]
-            yx_axes, yx_scale = layout.axes[-2:], layout.scale[-2:]
-            block = (*(1,) * len(lead_axes), probs.chunks[-2][0], probs.chunks[-1][0])
-            # Probabilities go to the output, or to a scratch store beside it: the
-            # labels need them twice (the id lookup, then the labels themselves).
-            scratch = None
-            if probs_path is None:
-                scratch = Path(tempfile.mkdtemp(prefix=f".{labels_path.stem}-", dir=folder))
-            store_path = probs_path or scratch / "probabilities.zarr"
-            try:
-                target = create_ome_zarr(
-                    store_path,
-                    shape=probs.shape,
-                    chunks=(probs.shape[0], *block),
-                    dtype=np.float32,
-                    axes=["c", *lead_axes, *yx_axes],
-                    scale=[1.0, *lead_scale, *yx_scale],
-                    name=f"{labels_path.stem} probabilities",
-                )
-                _store(probs, target, args.quiet, client, f"{path.name}: predicting")
-                # A zarr.Array, not a Dask array: each labelling task reads its own
-                # chunk and margins, so no chunk waits in memory for its neighbours.
-                stored = zarr.open_array(str(store_path / "0"), mode="r")
-                labels = labels_dask(
-                    stored,
-                    margin=args.labels_margin,
-                    spatial_dims=2,
-                    threshold=args.threshold,
-                    compute_lookup=True,
-                )
-                target = create_ome_zarr(
+                    path,
                     labels_path,
-                    shape=labels.shape,
-                    chunks=block,
-                    dtype=np.uint32,
-                    axes=[*lead_axes, *yx_axes],
-                    scale=[*lead_scale, *yx_scale],
-                    name=labels_path.stem,
-                    label=True,
+                    probs_path,
+                    channel_axis=args.channel_axis,
+                    chunks=chunks,
+                    margin=args.labels_margin,
+                    config=config,
+                    progress=None if args.quiet or client is not None else _dask_bar,
                 )
-                _store(labels, target, args.quiet, client, f"{path.name}: labelling")
-            except ValueError as err:
+            except (FileNotFoundError, ValueError) as err:
                 raise CommandError(f"{path}: {err}") from err
-            finally:
-                if scratch is not None:
-                    shutil.rmtree(scratch, ignore_errors=True)
-            count = int(da.from_zarr(str(labels_path), component="0").max().compute())
             written = ", ".join(str(n) for n in (labels_path, probs_path) if n is not None)
             print(f"{path.name}: {count} objects -> {written}")
     return 0
+
+
+def _dask_bar(what: str):
+    """A Dask progress bar on stderr, titled ``what``."""
+    from dask.diagnostics import ProgressBar
+
+    print(what, file=sys.stderr, flush=True)
+    return ProgressBar(out=sys.stderr)
 
 
 def _add_info(subparsers) -> None:

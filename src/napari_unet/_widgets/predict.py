@@ -60,7 +60,8 @@ def predict_job(
 ) -> Generator[Progress, None, tuple[np.ndarray, np.ndarray | None]]:
     """Model file + image -> (labels, probabilities), yielding progress often.
 
-    The same steps as ``napari-unet predict``: the model file's stored
+    :func:`napari_unet.segment.iter_segment`, the pipeline ``napari-unet
+    predict`` and Python users call too: the model file's stored
     normalisation, exact tiled prediction plane by plane, then instance
     labels per plane (ids unique over the whole stack).
 
@@ -89,42 +90,17 @@ def predict_job(
     labels : ndarray of uint32, shape of ``data`` without the channel axis
     probabilities : ndarray of float32 (classes first) or None
     """
-    from .._modelfile import load_model
-    from ..normalize import Normalization
-    from ..postprocess import probabilities_to_labels
-    from ..tiling import iter_predict_stack
+    from ..segment import SegmentConfig, iter_segment
 
-    model, meta = load_model(model_path, device=None)
-    yield Progress(0, 1, "load")
-    data = np.asarray(data)
-    if channel_axis is not None and channel_axis >= data.ndim - 2:
-        # Channels last (RGB): the tiling wants them before (Y, X).
-        data = np.moveaxis(data, channel_axis, -3)
-        channel_axis = data.ndim - 3
-    normalize = Normalization.from_dict(meta.get("normalization"))
-    image = normalize(data, channel_axis=channel_axis)
-    yield Progress(0, 1, "normalize")
-    probs = yield from iter_predict_stack(
-        model,
-        image,
-        channel_axis=channel_axis,
-        tile_shape=None if tile is None else (tile, tile),
-        device=device,
+    config = SegmentConfig(
+        tile=tile,
         tta=tta,
+        threshold=threshold,
+        device=device,
+        probabilities=keep_probabilities,
     )
-    del image
-    leading = probs.shape[1:-2]
-    labels = np.zeros(probs.shape[1:], dtype=np.uint32)
-    planes = list(np.ndindex(*leading))
-    offset = 0
-    for number, index in enumerate(planes, start=1):
-        part = probabilities_to_labels(
-            probs[(slice(None), *index)], threshold=threshold, spatial_dims=2
-        )
-        labels[index] = np.where(part > 0, part + np.uint32(offset), 0)
-        offset += int(part.max(initial=0))
-        yield Progress(number, len(planes), "labels")
-    return labels, (probs if keep_probabilities else None)
+    result = yield from iter_segment(model_path, data, channel_axis=channel_axis, config=config)
+    return result.labels, result.probabilities
 
 
 class PredictWidget(ScrollDock):
@@ -347,26 +323,21 @@ class PredictWidget(ScrollDock):
         """Add a lazy Labels layer for a Dask/Zarr-backed image: nothing is computed here.
 
         napari computes the planes the user looks at (one dask chunk per
-        plane, see :func:`~napari_unet.tiling.predict_labels_lazy`, which also
+        plane, see :func:`~napari_unet.segment.segment_dask`, which also
         documents the id scheme: plane ``i`` has ids ``i * 2**16 + 1 ...``).
         Probabilities are not added for lazy images: a second lazy layer would
         run the network a second time for every plane shown.
         """
-        from .._modelfile import load_model
-        from ..tiling import predict_labels_lazy
+        from ..segment import SegmentConfig, segment_dask
 
         try:
-            model, meta = load_model(path, device=None)
-            labels = predict_labels_lazy(
-                model,
-                data,
-                channel_axis=axis,
-                normalization=meta.get("normalization"),
-                threshold=float(self._threshold.value),
-                tile_shape=None if not self._tile.value else (self._tile.value,) * 2,
+            config = SegmentConfig(
+                tile=self._tile.value or None,
                 tta=self._tta.value,
+                threshold=float(self._threshold.value),
                 device=self._device.value,
             )
+            labels = segment_dask(path, data, channel_axis=axis, config=config)
         except (OSError, ValueError) as err:
             show_error(f"Predict: {err}")
             return
