@@ -341,7 +341,7 @@ def segment(
     >>> image = np.random.default_rng(0).random((2, 32, 32))
     >>> result = segment(net, image, config=SegmentConfig(device="cpu"))
     >>> result.labels.shape, result.probabilities.shape
-    ((2, 32, 32), (3, 2, 32, 32))
+    ((2, 32, 32), (2, 2, 32, 32))
     """
     events = iter_segment(
         model, image, channel_axis=channel_axis, config=config, normalization=normalization
