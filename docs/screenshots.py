@@ -109,7 +109,7 @@ def _render(out: Path, iterations: int) -> None:
     # 2. Weight map of the ground truth.
     front("Weight map")
     weights._labels.value = viewer.layers["synthetic cells ground truth"]
-    weights.update_preview()
+    weights.update_preview(block=True)
     _show_only(
         viewer,
         (

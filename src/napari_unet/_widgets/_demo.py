@@ -55,7 +55,7 @@ def setup_demo(viewer: Any, *, stack: bool = True, tabify: bool = True) -> dict[
     annotate._labels.value = truth
     annotate.add_to_training_set()
     weights._labels.value = truth
-    weights.update_preview()
+    weights.update_preview(block=True)
     train._depth.value = 3
     train._base.value = 16
     train._tile.value = 124

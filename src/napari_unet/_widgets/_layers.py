@@ -19,6 +19,7 @@ __all__ = [
     "channel_axis_choices",
     "connect_while_alive",
     "current_plane",
+    "elide",
     "layers_of",
     "resolve_channel_axis",
     "spatial_transform",
@@ -27,6 +28,18 @@ __all__ = [
 
 #: Choice value meaning "the RGB(A) last axis of an rgb image layer".
 RGB = "rgb"
+
+
+def elide(name: str, limit: int = 40) -> str:
+    """``name`` cut in the middle to ``limit`` characters (long file names in messages).
+
+    A notification toast shows two or three lines: a 64-character file name
+    would push the advice out of view.
+    """
+    if len(name) <= limit:
+        return name
+    keep = limit - 1
+    return f"{name[: keep - keep // 3]}…{name[-(keep // 3) :]}"
 
 
 def layers_of(viewer: Any, kind: type) -> list[tuple[str, Any]]:

@@ -61,7 +61,7 @@ class TrainingEntry:
         region = ""
         if self.mask is not None:
             region = f", region {100 * self.mask.mean():.0f}%"
-        return f"{self.labels_name}{where}: {self.n_cells} cells{region}"
+        return f"{self.image_name} ← {self.labels_name}{where}: {self.n_cells} cells{region}"
 
 
 class TrainingSet:

@@ -21,6 +21,7 @@ from .. import annotation
 from ._layers import (
     channel_axis_choices,
     current_plane,
+    elide,
     layers_of,
     on_layer_list_change,
     rectangles_for,
@@ -35,7 +36,10 @@ from ._ui import ScrollDock, heading
 if TYPE_CHECKING:
     import napari
 
-__all__ = ["AnnotateWidget"]
+__all__ = ["IMAGE_KEY", "AnnotateWidget", "labels_name", "made_for"]
+
+#: Key in a labels layer's metadata naming the image layer it annotates.
+IMAGE_KEY = "napari_unet_image"
 
 #: Key that gives the selected labels layer a fresh cell id (napari's own "M" does too,
 #: but complains when the current id is unused; "N" simply moves on).
@@ -61,7 +65,14 @@ class AnnotateWidget(ScrollDock):
 
         self._image = ComboBox(label="image", choices=self._image_choices)
         self._channel_axis = ComboBox(label="channels", choices=self._channel_choices)
-        self._labels = ComboBox(label="cell labels", choices=self._labels_choices)
+        self._labels = ComboBox(
+            label="cell labels", choices=self._labels_choices, nullable=True, value=None
+        )
+        self._pair_info = Label(value="")
+        self._confirm = PushButton(text="Use these labels with this image")
+        #: (image name, labels name) pairs the user confirmed although the labels were
+        #: made for another image (or no known one).
+        self._confirmed: set[tuple[str, str]] = set()
         self._new_labels = PushButton(text="New cell labels layer")
         self._brush = SpinBox(label="brush size", min=1, max=200, value=5)
         self._auto_new_id = CheckBox(text="new cell id after every stroke", value=False)
@@ -93,6 +104,8 @@ class AnnotateWidget(ScrollDock):
                 self._image,
                 self._channel_axis,
                 self._labels,
+                self._pair_info,
+                self._confirm,
                 self._new_labels,
                 self._brush,
                 self._auto_new_id,
@@ -115,6 +128,8 @@ class AnnotateWidget(ScrollDock):
         self._entries.native.setMaximumHeight(160)
         self._image.changed.connect(self._on_image_changed)
         self._labels.changed.connect(self._on_labels_changed)
+        self._channel_axis.changed.connect(self._on_channels_changed)
+        self._confirm.changed.connect(self.confirm_pair)
         self._brush.changed.connect(self._on_brush_changed)
         self._new_labels.changed.connect(self.create_labels_layer)
         self._new_regions.changed.connect(self.create_regions_layer)
@@ -136,7 +151,21 @@ class AnnotateWidget(ScrollDock):
         return layers_of(self._viewer, Image)
 
     def _labels_choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
-        return layers_of(self._viewer, Labels)
+        """Labels layers of the chosen image's size (those made for it first)."""
+        image = self._image.value if hasattr(self, "_image") else None
+        if image is None:
+            return layers_of(self._viewer, Labels)
+        shape = self._spatial_shape(image)
+        fitting = [
+            (name, layer)
+            for name, layer in layers_of(self._viewer, Labels)
+            if tuple(layer.data.shape) == shape
+        ]
+        return sorted(fitting, key=lambda choice: not made_for(choice[1], image))
+
+    def _spatial_shape(self, image: Image) -> tuple[int, ...]:
+        axis = self._channel_axis.value if hasattr(self, "_channel_axis") else None
+        return spatial_shape(image, resolve_channel_axis(image, axis))
 
     def _regions_choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
         return layers_of(self._viewer, Shapes)
@@ -153,28 +182,67 @@ class AnnotateWidget(ScrollDock):
     def _on_layers_changed(self, event: Any = None) -> None:
         if self._alive:
             self.reset_choices()
+            self._on_channels_changed()
 
     def _on_destroyed(self, *_: Any) -> None:
         self._alive = False
 
     def _on_image_changed(self, *_: Any) -> None:
         self._channel_axis.reset_choices()
-        image = self._image.value
-        if image is None:
+        self._on_channels_changed()
+
+    def _on_channels_changed(self, *_: Any) -> None:
+        """Offer the labels made for the image; never keep another image's labels silently."""
+        if not self._alive:
             return
-        # Pick the labels layer that fits the image, preferring one named after it.
-        shape = spatial_shape(image, resolve_channel_axis(image, self._channel_axis.value))
-        fitting = [
-            layer for _, layer in self._labels_choices() if tuple(layer.data.shape) == shape
-        ]
-        if fitting and self._labels.value not in fitting:
-            named = [layer for layer in fitting if layer.name.startswith(image.name)]
-            self._labels.value = (named or fitting)[0]
+        self._labels.reset_choices()
+        image, labels = self._image.value, self._labels.value
+        if image is not None and (labels is None or not self.is_paired(image, labels)):
+            own = [layer for _, layer in self._labels_choices() if made_for(layer, image)]
+            self._labels.value = own[0] if own else None
+        self._update_pair_info()
+
+    def is_paired(self, image: Image, labels: Labels) -> bool:
+        """Whether ``labels`` annotates ``image``: made for it, or confirmed by the user."""
+        return made_for(labels, image) or (image.name, labels.name) in self._confirmed
+
+    def confirm_pair(self) -> None:
+        """Use the chosen labels layer with the chosen image although it was made for another."""
+        image, labels = self._image.value, self._labels.value
+        if image is not None and labels is not None:
+            self._confirmed.add((image.name, labels.name))
+        self._update_pair_info()
+
+    def _update_pair_info(self) -> None:
+        image, labels = self._image.value, self._labels.value
+        unconfirmed = (
+            image is not None and labels is not None and not self.is_paired(image, labels)
+        )
+        self._confirm.visible = unconfirmed
+        if image is None:
+            text = ""
+        elif labels is None:
+            text = (
+                f"No cell labels made for '{elide(image.name)}' yet: press <b>New cell labels "
+                "layer</b> (or choose a labels layer of the same size and confirm it)."
+            )
+        elif unconfirmed:
+            owner = labels.metadata.get(IMAGE_KEY)
+            made = f"made for '{elide(owner)}'" if owner else "not made for this image"
+            text = (
+                f"'{elide(labels.name)}' is {made}. Confirm that it annotates "
+                f"'{elide(image.name)}':"
+            )
+        else:
+            text = ""
+        self._pair_info.value = text
+        self._pair_info.visible = bool(text)
 
     def _on_labels_changed(self, *_: Any) -> None:
         layer = self._labels.value
         if layer is not None:
             self._prepare_labels_layer(layer, set_mode=False)
+        self._update_pair_info()
 
     def _on_brush_changed(self, value: int) -> None:
         layer = self._labels.value
@@ -194,7 +262,8 @@ class AnnotateWidget(ScrollDock):
         data = np.zeros(shape, dtype=np.int32)
         layer = self._viewer.add_labels(
             data,
-            name=unique_name(self._viewer, f"{image.name} cells"),
+            name=unique_name(self._viewer, labels_name(image.name)),
+            metadata={IMAGE_KEY: image.name},
             **spatial_transform(image, axis),
         )
         # A brush of about 1/64 of the image side suits cells of a few tens of pixels.
@@ -236,7 +305,7 @@ class AnnotateWidget(ScrollDock):
         if labels is None:
             show_error("Annotate cells: choose an image or a labels layer first.")
             return None
-        base = labels.name.removesuffix(" cells")
+        base = (self._image.value or labels).name
         layer = self._viewer.add_shapes(
             name=unique_name(self._viewer, f"{base} finished regions"),
             ndim=labels.ndim,  # napari's ndim leaves out an RGB colour axis
@@ -298,9 +367,16 @@ class AnnotateWidget(ScrollDock):
         shape = spatial_shape(image, axis)
         if tuple(labels.data.shape) != shape:
             show_error(
-                f"Annotate cells: '{labels.name}' has shape {tuple(labels.data.shape)}, but "
-                f"'{image.name}' without its channel axis has shape {shape}. Choose the "
-                "matching layers (or the right channel axis)."
+                f"Annotate cells: '{elide(labels.name)}' has shape {tuple(labels.data.shape)}, "
+                f"but '{elide(image.name)}' without its channel axis has shape {shape}. Choose "
+                "the matching layers (or the right channel axis)."
+            )
+            return 0
+        if not self.is_paired(image, labels):
+            show_error(
+                f"Annotate cells: '{elide(labels.name)}' was not made for "
+                f"'{elide(image.name)}'. Choose its own labels, or press 'Use these labels "
+                "with this image' if they do belong together."
             )
             return 0
         mask = None
@@ -356,3 +432,24 @@ class AnnotateWidget(ScrollDock):
             return
         self._entries.reset_choices()
         self._summary.value = f"Training set: {self._session.training_set.summary()}"
+
+
+def made_for(labels: Labels, image: Image) -> bool:
+    """Whether ``labels`` was made for ``image``.
+
+    Layers made here record their image in their metadata; others (a ground
+    truth opened with the image) count when named after it, as
+    "<image> ground truth" or "<image> cells".
+    """
+    owner = labels.metadata.get(IMAGE_KEY)
+    if owner is not None:
+        return owner == image.name
+    return labels.name == image.name or labels.name.startswith(f"{image.name} ")
+
+
+def labels_name(image_name: str) -> str:
+    """ "<image> cells", or "<image> labels" when the image's name already says cells."""
+    words = image_name.lower().split()
+    if words and words[-1] in ("cell", "cells", "nuclei", "nucleus"):
+        return f"{image_name} labels"
+    return f"{image_name} cells"

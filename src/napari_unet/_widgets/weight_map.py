@@ -50,9 +50,16 @@ class WeightMapWidget(ScrollDock):
         #: Milliseconds the last update took (weight map + borders + layer update).
         self.last_ms = float("nan")
         self.updates = 0
+        #: The running preview worker (None when idle); tests wait on it.
+        self.worker: Any = None
+        self._generation = 0
+        self._pending = False
 
         weights = self._session.weights
-        self._labels = ComboBox(label="cell labels", choices=self._labels_choices)
+        # Nothing is chosen (and computed) until the user picks a layer.
+        self._labels = ComboBox(
+            label="cell labels", choices=self._labels_choices, nullable=True, value=None
+        )
         self._w0 = FloatSpinBox(label="w0 (border weight)", min=0.0, max=100.0, step=1.0)
         self._w0.value = weights.w0
         self._sigma = FloatSpinBox(label="σ (border width, px)", min=0.5, max=50.0, step=0.5)
@@ -130,6 +137,7 @@ class WeightMapWidget(ScrollDock):
 
     def _on_edit(self, event: Any = None) -> None:
         if self._alive and self._live.value:
+            self._generation += 1  # a computation running now is out of date: drop its result
             self.schedule()
 
     def _on_step(self, event: Any = None) -> None:
@@ -142,32 +150,93 @@ class WeightMapWidget(ScrollDock):
         if self._alive:
             self._timer.start()
 
-    def update_preview(self) -> None:
-        """Compute the weight map (current plane) and show it as an Image layer now."""
+    def update_preview(self, *, block: bool = False) -> Any:
+        """Compute the weight map of the plane on screen and show it as an Image layer.
+
+        The computation runs in a worker thread (a 2048 x 2048 plane with
+        9,000 cells takes seconds); only the layer update runs on the GUI
+        thread. A request while a computation runs is queued, and the result
+        of a computation that was overtaken by an edit is dropped.
+
+        Parameters
+        ----------
+        block : bool
+            Compute on the calling thread and show the result before
+            returning (scripts, the demo).
+
+        Returns
+        -------
+        worker : FunctionWorker or None
+            The worker started now (None when blocking, queued or idle).
+        """
         if not self._alive:
-            return
+            return None
         layer = self._labels.value
         if layer is None:
-            return
-        start = time.perf_counter()
+            return None
+        self._generation += 1
+        if self.worker is not None and not block:
+            self._pending = True  # started again, with fresh data, when this one returns
+            return None
+        # Copied here, on the GUI thread: painting may change the layer while the worker reads.
         plane = current_plane(self._viewer, layer)
-        labels = np.asarray(layer.data[plane] if plane else layer.data)
-        try:
-            weights = weight_map(
-                labels,
-                w0=float(self._w0.value),
-                sigma=float(self._sigma.value),
-                class_weights=self._balance.value,
-            )
-            borders = separation_borders(labels) if self._show_borders.value else None
-        except ValueError as err:
+        labels = np.array(layer.data[plane] if plane else layer.data)
+        request = {
+            "layer": layer,
+            "plane": plane,
+            "generation": self._generation,
+            "start": time.perf_counter(),
+        }
+        settings = {
+            "w0": float(self._w0.value),
+            "sigma": float(self._sigma.value),
+            "class_weights": self._balance.value,
+            "borders": bool(self._show_borders.value),
+        }
+        if block:
+            try:
+                self._on_computed(request, _compute(labels, **settings))
+            except ValueError as err:
+                self._on_error(err)
+            return None
+        from napari.qt import thread_worker
+
+        worker = thread_worker(_compute, start_thread=False, connect={"errored": self._on_error})(
+            labels, **settings
+        )
+        worker.returned.connect(lambda result: self._on_computed(request, result))
+        worker.finished.connect(self._on_finished)
+        self.worker = worker
+        self._info.value = "computing the weight map ..."
+        worker.start()
+        return worker
+
+    def _on_finished(self) -> None:
+        self.worker = None
+        if self._alive and self._pending:
+            self._pending = False
+            self.update_preview()
+
+    def _on_error(self, err: BaseException) -> None:
+        if self._alive:
             show_error(f"Weight map: {err}")
-            return
+            self._info.value = f"failed: {err}"
+
+    def _on_computed(self, request: dict[str, Any], result: dict[str, Any]) -> None:
+        layer = request["layer"]
+        if (
+            not self._alive
+            or request["generation"] != self._generation
+            or layer != self._labels.value
+            or layer not in self._viewer.layers
+        ):
+            return  # stale: the labels were edited (or another layer chosen) meanwhile
+        weights, borders = result["weights"], result["borders"]
         transform = {
             "scale": tuple(layer.scale)[-2:],
             "translate": tuple(layer.translate)[-2:],
         }
-        top = float(weights.max()) if weights.size else 1.0
+        top = result["top"]
         self._weights_layer = self._show(
             self._weights_layer,
             weights,
@@ -183,7 +252,7 @@ class WeightMapWidget(ScrollDock):
             self._hid_borders = False
             self._borders_layer = self._show(
                 self._borders_layer,
-                borders.astype(np.uint8),
+                borders,
                 f"{layer.name} separating borders",
                 colormap="cyan",
                 contrast_limits=(0, 1),
@@ -193,12 +262,12 @@ class WeightMapWidget(ScrollDock):
         elif self._borders_layer is not None and self._borders_layer in self._viewer.layers:
             self._borders_layer.visible = False
             self._hid_borders = True
-        self.last_ms = 1000 * (time.perf_counter() - start)
+        self.last_ms = 1000 * (time.perf_counter() - request["start"])
         self.updates += 1
-        n_cells = int(np.count_nonzero(np.unique(labels)))
+        plane = request["plane"]
         where = f"plane {', '.join(map(str, plane))}, " if plane else ""
         self._info.value = (
-            f"{where}{n_cells} cells, w(x) from {weights.min():.2f} to {top:.2f} "
+            f"{where}{result['n_cells']} cells, w(x) from {result['bottom']:.2f} to {top:.2f} "
             f"({self.last_ms:.0f} ms)"
         )
 
@@ -214,3 +283,17 @@ class WeightMapWidget(ScrollDock):
                 existing.name = unique_name(self._viewer, name)
             return existing
         return self._viewer.add_image(data, name=unique_name(self._viewer, name), **kwargs)
+
+
+def _compute(
+    labels: np.ndarray, *, w0: float, sigma: float, class_weights: str | None, borders: bool
+) -> dict[str, Any]:
+    """The worker's part: weight map, borders and the numbers the dock shows."""
+    weights = weight_map(labels, w0=w0, sigma=sigma, class_weights=class_weights)
+    return {
+        "weights": weights,
+        "borders": separation_borders(labels).astype(np.uint8) if borders else None,
+        "top": float(weights.max()) if weights.size else 1.0,
+        "bottom": float(weights.min()) if weights.size else 0.0,
+        "n_cells": int(np.count_nonzero(np.unique(labels))),
+    }
