@@ -26,11 +26,26 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as _st_load
+from safetensors.torch import load_file as _st_load_file
 from safetensors.torch import save as _st_save
 from torch import nn
 
 from . import __version__, models
+from .devices import select_device
+from .modelcheck import (
+    MAX_HEADER_BYTES,
+    ModelFileError,
+    check_budget,
+    validate_arguments,
+    validate_metadata,
+)
 from .models import UNet
+from .tensortable import (
+    check_optimizer_state,
+    check_tensor_table,
+    check_weights_table,
+    expected_tensors,
+)
 
 __all__ = [
     "ARCHITECTURES",
@@ -50,17 +65,11 @@ FORMAT_NAME = "napari-unet-model"
 FORMAT_VERSION = 1
 _HEADER_KEY = "napari_unet"
 _OPTIMIZER_PREFIX = "__optimizer__."
-# A safetensors header is JSON; anything claiming more than this is not one of ours.
-_MAX_HEADER = 100 * 2**20
 
 #: Architecture name -> class. The class must take its :meth:`config` as keyword arguments.
 ARCHITECTURES: dict[str, type[nn.Module]] = {"unet": UNet}
 if hasattr(models, "UNetPlusPlus"):
     ARCHITECTURES["unetplusplus"] = models.UNetPlusPlus
-
-
-class ModelFileError(ValueError):
-    """A model file cannot be read: not a napari-unet file, corrupt, unsafe or mismatched."""
 
 
 def register_architecture(name: str, cls: type[nn.Module]) -> None:
@@ -104,13 +113,18 @@ def build_model(architecture: str, arguments: Mapping[str, Any]) -> nn.Module:
     Raises
     ------
     ModelFileError
-        If the architecture is unknown or the arguments do not fit it.
+        If the architecture is unknown, the arguments do not fit it, or they
+        imply more parameters than :func:`napari_unet.modelcheck.max_parameters`.
     """
     if architecture not in ARCHITECTURES:
         raise ModelFileError(
             f"unknown architecture {architecture!r}; this version of napari-unet knows "
             f"{', '.join(sorted(ARCHITECTURES))} (a newer version may be needed)"
         )
+    # The arguments come from a file: check their ranges and the parameters they imply
+    # before anything is allocated.
+    arguments = validate_arguments(architecture, arguments)
+    check_budget(architecture, arguments)
     try:
         return ARCHITECTURES[architecture](**dict(arguments))
     except (TypeError, ValueError) as err:
@@ -217,13 +231,42 @@ def _document(model: nn.Module, metadata: Mapping[str, Any] | None) -> dict[str,
         json.dumps(document)
     except (TypeError, ValueError) as err:
         raise ValueError(f"`metadata` must be JSON-serialisable: {err}") from err
+    # Never write a file that load_model would refuse.
+    try:
+        validate_metadata(document, format_name=FORMAT_NAME, format_version=FORMAT_VERSION)
+    except ModelFileError as err:
+        raise ValueError(f"`metadata` does not fit the model-file schema: {err}") from err
     return document
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where the system allows."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore at once
+    os.umask(mask)
+    return mask
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
     folder = path.parent if str(path.parent) else Path(".")
+    # mkstemp creates the file 0600; a model file gets the mode any new file would get
+    # (0666 & ~umask), or keeps the mode of the file it replaces.
+    try:
+        mode = path.stat().st_mode & 0o7777
+    except OSError:
+        mode = 0o666 & ~_umask()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     try:
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, mode)
+        else:  # Windows before Python 3.13: only the read-only bit exists
+            os.chmod(tmp, mode)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -264,65 +307,82 @@ _PICKLE_HINT = (
 )
 
 
-def _read_header(path: Path) -> tuple[dict[str, str], bytes]:
-    """Check the file is a complete safetensors file; return its string header and bytes."""
+class _Header:
+    """What the header of a safetensors file says, read without its tensor data."""
+
+    def __init__(self, metadata: dict[str, str], table: dict, data_start: int) -> None:
+        self.metadata = metadata
+        self.table = table
+        self.data_start = data_start
+
+
+def _parse_header(source: object, head: bytes, file_size: int, rest: Any) -> _Header:
+    """Check the safetensors structure from its first bytes; ``rest(n)`` reads n more."""
+    # Recognise safetensors by its own structure (a little-endian header length, then a JSON
+    # object), never by a magic byte: the first byte is the low byte of that length and can be
+    # 0x80 ("P" and "K" too) in a perfectly valid file.
+    size = struct.unpack("<Q", head[:8])[0] if len(head) >= 8 else None
+    looks_safetensors = size is not None and head[8:9] == b"{"
+    if not looks_safetensors and (head[:2] == b"PK" or head[:1] == b"\x80"):
+        # Zip archive (torch.save since 1.6) or a raw pickle stream (protocol 2+).
+        raise ModelFileError(f"{source} is not a napari-unet model file: {_PICKLE_HINT}")
+    if size is None:
+        raise ModelFileError(f"{source} is not a model file: too short ({file_size} bytes)")
+    if not looks_safetensors:
+        raise ModelFileError(
+            f"{source} is not a napari-unet model file (no safetensors header); "
+            "expected a .safetensors file written by napari-unet"
+        )
+    if size > MAX_HEADER_BYTES:
+        raise ModelFileError(
+            f"{source}: its header claims {size} bytes; napari-unet reads headers of at most "
+            f"{MAX_HEADER_BYTES} bytes (a model's is a few KB): corrupt or not a model file"
+        )
+    if 8 + size > file_size:
+        raise ModelFileError(
+            f"{source} is truncated: its header needs {8 + size} bytes, the file has {file_size}"
+        )
+    raw = head[8:] + rest(size - len(head[8:]))
+    try:
+        header = json.loads(raw)
+    except (ValueError, RecursionError) as err:
+        raise ModelFileError(f"{source} is corrupt: its header is not valid JSON ({err})") from err
+    if not isinstance(header, dict):
+        raise ModelFileError(f"{source} is corrupt: its header is not a JSON object")
+    table = check_tensor_table(header, data_size=file_size - 8 - size, source=source)
+    return _Header(header.get("__metadata__") or {}, table, 8 + size)
+
+
+def _read_header(path: Path) -> _Header:
+    """Check a file is a complete safetensors file from its header alone (no tensor data)."""
     if not path.exists():
         raise FileNotFoundError(f"model file {path} does not exist")
     if path.is_dir():
         raise ModelFileError(f"{path} is a folder, not a model file")
-    data = path.read_bytes()
-    # Recognise safetensors by its own structure (a little-endian header length, then a JSON
-    # object), never by a magic byte: the first byte is the low byte of that length and can be
-    # 0x80 ("P" and "K" too) in a perfectly valid file.
-    size = struct.unpack("<Q", data[:8])[0] if len(data) >= 8 else None
-    looks_safetensors = size is not None and size <= _MAX_HEADER and data[8:9] == b"{"
-    if not looks_safetensors and (data[:2] == b"PK" or data[:1] == b"\x80"):
-        # Zip archive (torch.save since 1.6) or a raw pickle stream (protocol 2+).
-        raise ModelFileError(f"{path} is not a napari-unet model file: {_PICKLE_HINT}")
-    if size is None:
-        raise ModelFileError(f"{path} is not a model file: too short ({len(data)} bytes)")
-    if not looks_safetensors:
-        raise ModelFileError(
-            f"{path} is not a napari-unet model file (no safetensors header); "
-            "expected a .safetensors file written by napari-unet"
-        )
-    if 8 + size > len(data):
-        raise ModelFileError(
-            f"{path} is truncated: its header needs {8 + size} bytes, the file has {len(data)}"
-        )
-    try:
-        header = json.loads(data[8 : 8 + size])
-    except ValueError as err:
-        raise ModelFileError(f"{path} is corrupt: its header is not valid JSON ({err})") from err
-    if not isinstance(header, dict):
-        raise ModelFileError(f"{path} is corrupt: its header is not a JSON object")
-    # Every tensor's byte range must lie inside the file, or the file was cut short.
-    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-    if 8 + size + end > len(data):
-        raise ModelFileError(
-            f"{path} is truncated: it should have {8 + size + end} bytes, it has {len(data)} "
-            "(an interrupted copy or download?)"
-        )
-    return header.get("__metadata__") or {}, data
+    if not path.is_file():
+        raise ModelFileError(f"{path} is not a regular file (a device or pipe?), not a model file")
+    with open(path, "rb") as fh:
+        file_size = os.fstat(fh.fileno()).st_size
+        return _parse_header(path, fh.read(9), file_size, fh.read)
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """The JSON metadata of a model file, without building the model.
+    """The JSON metadata of a model file, without building the model or reading its weights.
 
     Raises
     ------
     FileNotFoundError
         If the file does not exist.
     ModelFileError
-        If it is not a napari-unet model file.
+        If it is not a napari-unet model file or its metadata breaks the
+        schema (:func:`napari_unet.modelcheck.validate_metadata`).
     """
     path = Path(path)
     if _is_package(path):
         from .export import read_bioimageio_metadata
 
         return read_bioimageio_metadata(path)
-    header, _ = _read_header(path)
-    return _parse_document(path, header)
+    return _parse_document(path, _read_header(path).metadata)
 
 
 def _is_package(path: Path) -> bool:
@@ -332,7 +392,7 @@ def _is_package(path: Path) -> bool:
     return is_bioimageio_package(path)
 
 
-def _parse_document(path: Path, header: Mapping[str, str]) -> dict[str, Any]:
+def _parse_document(path: object, header: Mapping[str, str]) -> dict[str, Any]:
     if _HEADER_KEY not in header:
         raise ModelFileError(
             f"{path} is a safetensors file but not a napari-unet model: it has no "
@@ -340,26 +400,109 @@ def _parse_document(path: Path, header: Mapping[str, str]) -> dict[str, Any]:
         )
     try:
         document = json.loads(header[_HEADER_KEY])
-    except ValueError as err:
+    except (ValueError, TypeError, RecursionError) as err:
         raise ModelFileError(f"{path} is corrupt: its metadata is not valid JSON ({err})") from err
-    if not isinstance(document, dict) or document.get("format") != FORMAT_NAME:
-        raise ModelFileError(f"{path} is not a napari-unet model file (wrong format tag)")
-    version = document.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise ModelFileError(
-            f"{path} has format version {version!r}; this napari-unet reads up to "
-            f"{FORMAT_VERSION} (upgrade napari-unet)"
+    try:
+        return validate_metadata(
+            document, source=path, format_name=FORMAT_NAME, format_version=FORMAT_VERSION
         )
-    for key in ("architecture", "arguments"):
-        if key not in document:
-            raise ModelFileError(f"{path} is corrupt: its metadata lacks {key!r}")
-    return document
+    except RecursionError as err:
+        raise ModelFileError(f"{path} is corrupt: its metadata is nested too deeply") from err
+
+
+def _check_device(device: str | torch.device | None) -> torch.device | None:
+    """Resolve ``device`` before any reading: a clear ValueError if it does not exist here."""
+    return None if device is None else select_device(device)
+
+
+def _check_before_loading(path: object, header: _Header) -> tuple[dict[str, Any], nn.Module]:
+    """The document, and the architecture on the meta device, once everything else is checked."""
+    document = _parse_document(path, header.metadata)
+    architecture = document["architecture"]
+    if architecture not in ARCHITECTURES:
+        raise ModelFileError(
+            f"{path}: unknown architecture {architecture!r}; this version of napari-unet knows "
+            f"{', '.join(sorted(ARCHITECTURES))} (a newer version may be needed)"
+        )
+    arguments = validate_arguments(architecture, document["arguments"], source=path)
+    check_budget(architecture, arguments, source=path)
+    try:
+        shapes = expected_tensors(ARCHITECTURES[architecture], arguments)
+    except (TypeError, ValueError) as err:
+        raise ModelFileError(
+            f"{path}: the arguments stored for architecture {architecture!r} are invalid: {err}"
+        ) from err
+    check_weights_table(
+        header.table, shapes, source=path, description=f"{architecture!r} {document['arguments']}"
+    )
+    return document, shapes
+
+
+def _load_checked(
+    path: object,
+    header: _Header,
+    read: Any,
+    device: torch.device | None,
+    with_optimizer: bool = True,
+) -> tuple[nn.Module, dict[str, Any], dict[str, Any] | None]:
+    """Check everything from the header, then ``read()`` the tensors and build the model."""
+    document, shapes = _check_before_loading(path, header)
+    optimizer_groups = None
+    if "optimizer" in header.metadata:
+        try:
+            optimizer_groups = json.loads(header.metadata["optimizer"])
+        except (ValueError, TypeError, RecursionError) as err:
+            raise ModelFileError(f"{path} is corrupt: bad optimiser state ({err})") from err
+    for key in header.table:
+        if key.startswith(_OPTIMIZER_PREFIX):
+            index, _, name = key[len(_OPTIMIZER_PREFIX) :].partition(".")
+            if not index.isdigit() or not name or optimizer_groups is None:
+                raise ModelFileError(
+                    f"{path} is corrupt: invalid optimiser tensor name {key!r}; expected "
+                    f"{_OPTIMIZER_PREFIX}<parameter index>.<name> with an 'optimizer' header"
+                )
+    try:
+        tensors = read()
+    except SafetensorError as err:
+        raise ModelFileError(f"{path} is corrupt: {err}") from err
+    if set(tensors) != set(header.table) or any(
+        tuple(v.shape) != header.table[k][1] for k, v in tensors.items()
+    ):
+        raise ModelFileError(f"{path} changed while it was being read; try again")
+    model = build_model(document["architecture"], document["arguments"])
+    weights = {k: v for k, v in tensors.items() if not k.startswith(_OPTIMIZER_PREFIX)}
+    model.load_state_dict(weights, strict=True)
+    del weights
+    model.eval()
+    if device is not None:
+        model.to(device)
+    if optimizer_groups is None or not with_optimizer:
+        return model, document, None
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith(_OPTIMIZER_PREFIX):
+            index, name = key[len(_OPTIMIZER_PREFIX) :].split(".", 1)
+            state.setdefault(int(index), {})[name] = value
+    check_optimizer_state(
+        optimizer_groups, state, [tuple(p.shape) for p in shapes.parameters()], source=path
+    )
+    # Tensors come back in name order ("10" before "2"): restore the index order.
+    return (
+        model,
+        document,
+        {"state": dict(sorted(state.items())), "param_groups": optimizer_groups},
+    )
 
 
 def load_checkpoint(
     path: str | os.PathLike, *, device: str | torch.device | None = "cpu"
 ) -> tuple[nn.Module, dict[str, Any], dict[str, Any] | None]:
     """Load a model file together with its optimiser state, if it has one.
+
+    Everything is checked from the file's header before the weights are read
+    or the network is built: the metadata schema, the parameter budget, and
+    the tensor table against the declared architecture (see
+    :mod:`napari_unet.modelcheck`).
 
     Returns
     -------
@@ -368,61 +511,43 @@ def load_checkpoint(
     metadata : dict
         The stored JSON document.
     optimizer_state : dict or None
-        An optimiser ``state_dict()`` (tensors on the CPU), or None.
+        An optimiser ``state_dict()`` (tensors on the CPU), checked against
+        the model's parameters, or None.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    ModelFileError
+        As for :func:`load_model`; also if the optimiser state does not fit the model.
+    ValueError
+        If ``device`` does not exist on this machine (e.g. ``"cuda"`` without a GPU).
 
     See Also
     --------
     load_model
     """
     path = Path(path)
-    header, data = _read_header(path)
-    document = _parse_document(path, header)
-    try:
-        tensors = _st_load(data)
-    except SafetensorError as err:
-        raise ModelFileError(f"{path} is corrupt: {err}") from err
-    model = build_model(document["architecture"], document["arguments"])
-    weights = {k: v for k, v in tensors.items() if not k.startswith(_OPTIMIZER_PREFIX)}
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(weights))
-    unexpected = sorted(set(weights) - set(expected))
-    wrong = [
-        f"{k} {tuple(weights[k].shape)} vs {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in weights and weights[k].shape != v.shape
-    ]
-    if missing or unexpected or wrong:
-        details = "; ".join(
-            part
-            for part in (
-                f"missing {', '.join(missing[:3])}" if missing else "",
-                f"unexpected {', '.join(unexpected[:3])}" if unexpected else "",
-                f"wrong shape {', '.join(wrong[:3])}" if wrong else "",
-            )
-            if part
-        )
-        raise ModelFileError(
-            f"{path}: the weights do not match the stored architecture "
-            f"{document['architecture']!r} {document['arguments']}: {details}"
-        )
-    model.load_state_dict(weights, strict=True)
-    model.eval()
-    if device is not None:
-        model.to(device)
-    optimizer_state = None
-    if "optimizer" in header:
-        state: dict[int, dict[str, torch.Tensor]] = {}
-        for key, value in tensors.items():
-            if key.startswith(_OPTIMIZER_PREFIX):
-                index, name = key[len(_OPTIMIZER_PREFIX) :].split(".", 1)
-                state.setdefault(int(index), {})[name] = value
-        try:
-            groups = json.loads(header["optimizer"])
-        except ValueError as err:
-            raise ModelFileError(f"{path} is corrupt: bad optimiser state ({err})") from err
-        # Tensors come back in name order ("10" before "2"): restore the index order.
-        optimizer_state = {"state": dict(sorted(state.items())), "param_groups": groups}
-    return model, document, optimizer_state
+    target = _check_device(device)
+    header = _read_header(path)
+    return _load_checked(path, header, lambda: _st_load_file(path), target)
+
+
+def load_model_bytes(
+    data: bytes, *, source: object, device: str | torch.device | None = "cpu"
+) -> tuple[nn.Module, dict[str, Any]]:
+    """:func:`load_model` for a model file already in memory (a package member)."""
+    target = _check_device(device)
+    position = [9]
+
+    def rest(n: int) -> bytes:
+        start = position[0]
+        position[0] += n
+        return data[start : start + n]
+
+    header = _parse_header(source, data[:9], len(data), rest)
+    model, document, _ = _load_checked(source, header, lambda: _st_load(data), target)
+    return model, document
 
 
 def load_model(
@@ -478,5 +603,10 @@ def load_model(
         from .export import load_bioimageio
 
         return load_bioimageio(path, device=device)
-    model, document, _ = load_checkpoint(path, device=device)
+    # The optimiser state, if any, is not needed (nor checked) to predict.
+    path = Path(path)
+    target = _check_device(device)
+    model, document, _ = _load_checked(
+        path, _read_header(path), lambda: _st_load_file(path), target, with_optimizer=False
+    )
     return model, document

@@ -68,9 +68,15 @@ from ._modelfile import (
     _parse_document,
     architecture_name,
     build_model,
-    load_checkpoint,
     load_model,
+    load_model_bytes,
     save_model,
+)
+from .modelcheck import (
+    MAX_RDF_BYTES,
+    check_member_name,
+    check_zip_members,
+    max_parameters,
 )
 from .normalize import Normalization
 
@@ -1012,12 +1018,34 @@ def is_bioimageio_package(path: str | os.PathLike) -> bool:
         return False
 
 
+def _weights_limit() -> int:
+    """Largest weights file read from a package: the parameter budget in float32, plus slack."""
+    return 4 * max_parameters() + 16 * 2**20
+
+
 class _Package:
-    """Read files of a package folder or zip by their name in rdf.yaml."""
+    """Read files of a package folder or zip by their name in rdf.yaml.
+
+    A zip's directory is checked before anything in it is read (member names,
+    count, total size, compression ratio), and every read has a size limit,
+    checked against the directory (zip) or the file system (folder) first.
+    Nothing is extracted to disk.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._zip = None if path.is_dir() else zipfile.ZipFile(path)
+        self._zip = None
+        if not path.is_dir():
+            try:
+                self._zip = zipfile.ZipFile(path)
+            except (zipfile.BadZipFile, OSError, ValueError) as err:
+                raise ModelFileError(f"{path} is not a readable zip file ({err})") from err
+            try:
+                # Several weight formats (safetensors, state dict, TorchScript, ONNX) + extras.
+                check_zip_members(self._zip, source=path, max_total=4 * _weights_limit())
+            except ModelFileError:
+                self._zip.close()
+                raise
 
     def __enter__(self) -> _Package:
         return self
@@ -1026,30 +1054,60 @@ class _Package:
         if self._zip is not None:
             self._zip.close()
 
-    def read(self, name: str) -> bytes:
+    def read(self, name: str, limit: int) -> bytes:
+        """The bytes of member ``name``, refused if larger than ``limit`` bytes."""
         # Package-relative names only: never read outside the package.
-        if name.startswith(("/", "\\")) or ".." in Path(name).parts or "://" in name:
+        if not isinstance(name, str):
+            raise ModelFileError(f"{self.path}: a file name in rdf.yaml is {name!r}, not a string")
+        check_member_name(name, source=self.path)
+        try:
+            if self._zip is not None:
+                size = self._zip.getinfo(name).file_size
+            else:
+                file = self.path / name
+                if not file.resolve().is_relative_to(self.path.resolve()):
+                    raise ModelFileError(
+                        f"{self.path}: refusing to read {name!r} (it leads outside the package)"
+                    )
+                if file.exists() and not file.is_file():
+                    raise ModelFileError(f"{self.path}: {name!r} is not a regular file")
+                size = file.stat().st_size
+        except (KeyError, FileNotFoundError) as err:
+            raise ModelFileError(f"{self.path} is incomplete: it lacks {name!r}") from err
+        if size > limit:
             raise ModelFileError(
-                f"{self.path}: refusing to read {name!r} (not inside the package)"
+                f"{self.path}: {name} has {size} bytes; napari-unet reads at most {limit} "
+                f"bytes for it. Nothing was read"
             )
         try:
             if self._zip is not None:
+                # zipfile never returns more than the size in the directory (checked above).
                 return self._zip.read(name)
-            return (self.path / name).read_bytes()
-        except (KeyError, FileNotFoundError) as err:
-            raise ModelFileError(f"{self.path} is incomplete: it lacks {name!r}") from err
+            return (self.path / name).read_bytes()[: limit + 1]
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as err:
+            raise ModelFileError(f"{self.path}: cannot read {name!r} ({err})") from err
 
     def rdf(self) -> dict[str, Any]:
         import yaml
 
         for name in _RDF_NAMES:
             try:
-                text = self.read(name)
-            except ModelFileError:
-                continue
+                text = self.read(name, MAX_RDF_BYTES)
+            except ModelFileError as err:
+                if "lacks" in str(err):
+                    continue
+                raise
             try:
+                # YAML aliases can make a small file expand exponentially once walked.
+                if any(isinstance(e, yaml.AliasEvent) for e in yaml.parse(text, yaml.SafeLoader)):
+                    raise ModelFileError(
+                        f"{self.path}: {name} uses YAML aliases (*name), which napari-unet "
+                        "does not read (its own exports have none)"
+                    )
                 rdf = yaml.safe_load(text)
-            except yaml.YAMLError as err:
+            except (yaml.YAMLError, RecursionError, ValueError) as err:
+                if isinstance(err, ModelFileError):
+                    raise
                 raise ModelFileError(f"{self.path}: {name} is not valid YAML ({err})") from err
             if not isinstance(rdf, dict):
                 raise ModelFileError(f"{self.path}: {name} is not a YAML mapping")
@@ -1108,7 +1166,7 @@ def load_bioimageio(
         ours, document = _our_config(path, rdf)
         model_file = ours.get("model_file")
         if isinstance(model_file, str) and _file_entry(rdf, model_file) is not None:
-            data = package.read(model_file)
+            data = package.read(model_file, _weights_limit())
             _check_sha(path, model_file, data, _file_entry(rdf, model_file))
             model = _model_from_safetensors(path, data, device)
         else:
@@ -1166,13 +1224,8 @@ def _check_sha(path: Path, name: str, data: bytes, entry: Mapping[str, Any] | No
 
 
 def _model_from_safetensors(path: Path, data: bytes, device: Any) -> nn.Module:
-    with tempfile.TemporaryDirectory(prefix="napari-unet-import-") as tmp:
-        file = Path(tmp) / _MODEL_FILE
-        file.write_bytes(data)
-        try:
-            model, _, _ = load_checkpoint(file, device=device)
-        except ModelFileError as err:
-            raise ModelFileError(f"{path}: its {_MODEL_FILE} is invalid: {err}") from err
+    # From memory: no temporary copy on disk.
+    model, _ = load_model_bytes(data, source=f"{path}: its {_MODEL_FILE}", device=device)
     return model
 
 
@@ -1184,7 +1237,7 @@ def _model_from_state_dict(
         raise ModelFileError(
             f"{path} has neither a {_MODEL_FILE} attachment nor pytorch_state_dict weights"
         )
-    data = package.read(entry["source"])
+    data = package.read(entry["source"], _weights_limit())
     _check_sha(path, entry["source"], data, entry)
     try:
         # weights_only: tensors and plain containers only; pickled code is refused.

@@ -174,6 +174,11 @@ def iter_predict_tiled(
     of tiles and returns the probabilities. Closing the generator stops the
     work; this is how the napari widgets cancel.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"`model` must be a torch.nn.Module (e.g. from napari_unet.io.load_model), "
+            f"got {type(model).__name__}"
+        )
     image = _as_channels_first(model, image)
     dev = select_device(device)
     # TTA rotates the image, so its tiles are planned square for the longest side.

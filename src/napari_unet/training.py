@@ -42,6 +42,7 @@ from .losses import hybrid_loss, soft_dice_loss, weighted_cross_entropy
 from .models import UNet
 from .normalize import Normalization
 from .progress import Progress
+from .tensortable import optimizer_kind
 from .weights import instances_to_classes, weight_map
 
 __all__ = [
@@ -752,6 +753,12 @@ def train_iter(
             "iterations": previous.get("iteration"),
         }
         if resume and optimizer_state is not None:
+            if optimizer_kind(optimizer_state) != config.optimizer:
+                raise ValueError(
+                    f"cannot resume: {source} holds {optimizer_kind(optimizer_state)} optimiser "
+                    f"state, the run asks for {config.optimizer!r}; resume with the same "
+                    "optimiser or fine-tune instead (resume=False)"
+                )
             start = int(previous.get("iteration") or 0)
             if start >= config.iterations:
                 raise ValueError(
