@@ -31,6 +31,7 @@ import zipfile
 from collections.abc import Mapping
 from typing import Any
 
+from .errors import InputError
 from .models import UNet, UNetPlusPlus
 
 __all__ = [
@@ -63,8 +64,12 @@ _MAX_INT = 2**16  # channels, classes: a sanity range before the budget
 _MAX_DEPTH = 100  # beyond any real network; the budget decides below it
 
 
-class ModelFileError(ValueError):
-    """A model file cannot be read: not a napari-unet file, corrupt, unsafe or mismatched."""
+class ModelFileError(InputError):
+    """A model file cannot be read: not a napari-unet file, corrupt, unsafe or mismatched.
+
+    An :class:`~napari_unet.errors.InputError` (so a ``ValueError``, exit code 3 on
+    the command line).
+    """
 
 
 # -- small typed checks ------------------------------------------------------------------------
