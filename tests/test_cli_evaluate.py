@@ -87,7 +87,7 @@ def test_missing_files_are_named(tmp_path, capsys):
     write_image(tmp_path / "pred" / "a.tif", _labels())
     write_image(tmp_path / "pred" / "c.tif", _labels())
     code = main(["evaluate", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt")])
-    assert code == 1
+    assert code == 3  # an input error
     err = capsys.readouterr().err
     assert "no prediction for b.png" in err and "no ground truth for c.tif" in err
 
@@ -103,7 +103,7 @@ def test_file_against_folder_uses_its_namesake(tmp_path, capsys):
     assert rows[1].split() == ["a", "3", "3", "1.000000"] and len(rows) == 3
     write_image(tmp_path / "c.tif", _labels())
     args = ["evaluate", "--pred", str(tmp_path / "c.tif"), "--gt", str(tmp_path / "gt")]
-    assert main(args) == 1
+    assert main(args) == 3
     assert "no ground truth for c.tif" in capsys.readouterr().err
 
 
@@ -111,27 +111,29 @@ def test_shape_mismatch_is_an_error(tmp_path, capsys):
     write_image(tmp_path / "gt.tif", _labels())
     write_image(tmp_path / "pred.tif", _labels()[:30])
     args = ["evaluate", "--pred", str(tmp_path / "pred.tif"), "--gt", str(tmp_path / "gt.tif")]
-    assert main(args) == 1
+    assert main(args) == 3
     err = capsys.readouterr().err
     assert "pred.tif has shape (30, 32)" in err and "gt.tif has shape (32, 32)" in err
 
 
 @pytest.mark.parametrize(
-    ("setup", "extra", "message"),
+    ("setup", "extra", "message", "code"),
     [
-        ("ok", ["--metrics", "rand_error,accuracy"], "unknown metric(s) accuracy"),
-        ("float", [], "not a label image"),
-        ("ok", ["--json", "/nonexistent-folder/x.json"], "does not exist"),
-        ("nogt", [], "no such file or folder"),
+        ("ok", ["--metrics", "rand_error,accuracy"], "unknown metric(s) accuracy", 2),
+        ("float", [], "not a label image", 3),
+        ("ok", ["--json", "/nonexistent-folder/x.json"], "does not exist", 4),
+        ("nogt", [], "no such file or folder", 3),
     ],
 )
-def test_user_errors_exit_1(tmp_path, capsys, setup, extra, message):
+def test_user_errors_give_one_line_and_their_exit_code(
+    tmp_path, capsys, setup, extra, message, code
+):
     write_image(tmp_path / "gt.tif", _labels())
     pred = _labels().astype(np.float32) + (0.5 if setup == "float" else 0.0)
     write_image(tmp_path / "pred.tif", pred)
     gt = tmp_path / ("missing.tif" if setup == "nogt" else "gt.tif")
     args = ["evaluate", "--pred", str(tmp_path / "pred.tif"), "--gt", str(gt), *extra]
-    assert main(args) == 1
+    assert main(args) == code
     assert message in capsys.readouterr().err
 
 

@@ -80,7 +80,7 @@ def test_train_predict_info_evaluate_end_to_end(isbi_dirs, tmp_path, capsys):
     # Never overwrite without --overwrite; nothing is touched then.
     before = (out / "slice_21.tif").stat().st_mtime_ns
     args = ["predict", "--model", str(model_path), str(test_images), "--out", str(out)]
-    assert main([*args, "--quiet"]) == 1
+    assert main([*args, "--quiet"]) == 4  # an output error
     assert "exists" in capsys.readouterr().err
     assert (out / "slice_21.tif").stat().st_mtime_ns == before
     assert main([*args, "--quiet", "--overwrite"]) == 0
@@ -108,7 +108,7 @@ def test_predict_stack_and_existing_model_refused(isbi_dirs, tmp_path, capsys):
     model_path = tmp_path / "m.safetensors"
     assert main(_train_args(isbi_dirs, model_path, "--iterations", "1")) == 0
     # The same --out again is refused without --overwrite.
-    assert main(_train_args(isbi_dirs, model_path, "--iterations", "1")) == 1
+    assert main(_train_args(isbi_dirs, model_path, "--iterations", "1")) == 4
     assert "--overwrite" in capsys.readouterr().err
 
     stack = np.stack([read_image(isbi_dirs / "test" / "images" / "slice_21.png")[:100, :120]] * 3)
@@ -153,37 +153,40 @@ def test_ctrl_c_keeps_a_loadable_model(isbi_dirs, tmp_path, monkeypatch, capsys)
 
 
 @pytest.mark.parametrize(
-    ("argv", "message"),
+    ("argv", "message", "code"),
     [
-        (["train", "--images", "{missing}", "--labels", "{missing}", "--out", "{out}"], "no such"),
-        (["train", "--images", "{images}", "--labels", "{empty}", "--out", "{out}"], "no image"),
+        (["train", "--images", "{missing}", "--labels", "{missing}", "--out", "{out}"],
+         "no such", 3),
+        (["train", "--images", "{images}", "--labels", "{empty}", "--out", "{out}"],
+         "no image", 3),
         (
             ["train", "--images", "{images}", "--labels", "{labels}", "--out", "{out}",
              "--val-images", "{images}"],
-            "go together",
+            "go together", 2,
         ),
         (
             ["train", "--images", "{images}", "--labels", "{labels}", "--out", "{out}",
              "--binary-labels", "--tile", "93", "--depth", "2", "--base-channels", "2",
              "--iterations", "1", "--device", "cpu", "--quiet"],
-            "nearest valid",
+            "nearest valid", 2,
         ),
         (
             ["train", "--images", "{images}", "--labels", "{labels}", "--out", "{out}",
              "--lr", "-1"],
-            "lr",
+            "lr", 2,
         ),
         (
             ["train", "--images", "{images}", "--labels", "{labels}", "--out", "{out}",
              "--model", "transformer", "--quiet"],
-            "unknown architecture",
+            "unknown architecture", 2,
         ),
-        (["predict", "--model", "{bad_model}", "{images}", "--out", "{out_dir}"], "not a"),
-        (["predict", "--model", "{missing}", "{images}", "--out", "{out_dir}"], "bundled model"),
-        (["info", "{bad_model}"], "not a napari-unet model file"),
+        (["predict", "--model", "{bad_model}", "{images}", "--out", "{out_dir}"], "not a", 3),
+        (["predict", "--model", "{missing}", "{images}", "--out", "{out_dir}"],
+         "bundled model", 3),
+        (["info", "{bad_model}"], "not a napari-unet model file", 3),
     ],
 )  # fmt: skip
-def test_bad_input_gives_one_line_and_exit_1(tmp_path, capsys, argv, message):
+def test_bad_input_gives_one_line_and_its_exit_code(tmp_path, capsys, argv, message, code):
     images = tmp_path / "images"
     labels = tmp_path / "labels"
     empty = tmp_path / "empty"
@@ -202,7 +205,7 @@ def test_bad_input_gives_one_line_and_exit_1(tmp_path, capsys, argv, message):
         "out_dir": str(tmp_path / "pred"),
         "bad_model": str(tmp_path / "bad.safetensors"),
     }
-    assert main([arg.format(**names) for arg in argv]) == 1
+    assert main([arg.format(**names) for arg in argv]) == code
     err = capsys.readouterr().err
     assert message in err and err.startswith("napari-unet ")
     assert not (tmp_path / "m.safetensors").exists()
@@ -254,5 +257,5 @@ def test_unetplusplus_trains_with_deep_supervision_and_predicts_pruned(
     assert ensemble.shape == pruned.shape == (3, 512, 512)
     assert not np.allclose(ensemble, pruned)  # head 1 alone is not the ensemble
     assert main(["predict", "--model", str(model_path), str(test_images), "--out",
-                 str(tmp_path / "bad"), "--level", "5", *common]) == 1  # fmt: skip
+                 str(tmp_path / "bad"), "--level", "5", *common]) == 2  # fmt: skip
     assert "--level" in capsys.readouterr().err

@@ -148,22 +148,22 @@ def test_open_chunked_reads_ome_zarr_v3_first_level_and_tiff_regions(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("inputs", "extra", "message"),
+    ("inputs", "extra", "message", "code"),
     [
-        (["stack.tif"], ["--scheduler", "fast"], "--scheduler must be"),
-        (["stack.tif"], ["--chunks", "0"], "--chunks must be"),
-        (["stack.tif", "plane.zarr"], ["--out", "{tmp}/two.zarr"], "names one output store"),
-        (["plane.zarr"], ["--out", "{root}/plane.zarr", "--overwrite"], "is an input"),
-        (["plane.zarr"], ["--out", "{root}", "--overwrite"], "is an input"),
+        (["stack.tif"], ["--scheduler", "fast"], "--scheduler must be", 2),
+        (["stack.tif"], ["--chunks", "0"], "--chunks must be", 2),
+        (["stack.tif", "plane.zarr"], ["--out", "{tmp}/two.zarr"], "names one output store", 2),
+        (["plane.zarr"], ["--out", "{root}/plane.zarr", "--overwrite"], "is the input", 4),
+        (["plane.zarr"], ["--out", "{root}", "--overwrite"], "is the input", 4),
     ],
 )
-def test_bad_chunked_input_gives_one_line_and_exit_1(
-    setup, tmp_path, capsys, inputs, extra, message
+def test_bad_chunked_input_gives_one_line_and_its_exit_code(
+    setup, tmp_path, capsys, inputs, extra, message, code
 ):
     root = setup[0]
     extra = [e.format(root=root, tmp=tmp_path) for e in extra]
     out = [] if "--out" in extra else ["--out", str(tmp_path / "o.zarr")]
     args = ["predict", "--model", str(root / "m.safetensors"), *(str(root / i) for i in inputs)]
-    assert main([*args, *out, "--quiet", *extra]) == 1
+    assert main([*args, *out, "--quiet", *extra]) == code
     err = capsys.readouterr().err
     assert message in err and err.startswith("napari-unet predict: error")

@@ -162,7 +162,7 @@ def test_distributed_without_torchrun_is_refused(tmp_path, capsys, monkeypatch):
     tifffile.imwrite(tmp_path / "images" / "a.tif", image)
     tifffile.imwrite(tmp_path / "labels" / "a.tif", labels)
     args = ["train", "--images", str(tmp_path / "images"), "--labels", str(tmp_path / "labels")]
-    assert main([*args, "--out", str(tmp_path / "m.safetensors"), "--distributed"]) == 1
+    assert main([*args, "--out", str(tmp_path / "m.safetensors"), "--distributed"]) == 2
     assert "torchrun" in capsys.readouterr().err
     with pytest.raises(RuntimeError, match="torchrun"):
         train([_cells(0)], model=_model(), config=TrainConfig(**CONFIG, distributed=True))

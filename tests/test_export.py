@@ -293,11 +293,11 @@ def test_cli_export_and_overwrite(tmp_path, capsys):
     assert main(args) == 0
     assert f"wrote {out}" in capsys.readouterr().out
     assert _rdf(out)["authors"] == [{"name": "Me"}]
-    assert main(args) == 1
+    assert main(args) == 4  # an output error
     assert "exists; pass --overwrite" in capsys.readouterr().err
     assert main([*args, "--overwrite"]) == 0
     _, meta = load_model(out)
     assert meta["classes"] == _META["classes"]
-    assert main(["export", str(model_file), "--format", "onnx", "--out", str(tmp_path / "x")]) == 1
+    assert main(["export", str(model_file), "--format", "onnx", "--out", str(tmp_path / "x")]) == 2
     assert "ending in .onnx" in capsys.readouterr().err
-    assert main(["export", str(tmp_path / "missing.safetensors"), "--out", str(out)]) == 1
+    assert main(["export", str(tmp_path / "missing.safetensors"), "--out", str(out)]) == 3

@@ -39,6 +39,8 @@ __all__ = [
     "ChunkedImage",
     "ModelFileError",
     "create_ome_zarr",
+    "files_by_stem",
+    "is_colour_file",
     "is_zarr",
     "list_images",
     "list_pretrained",
@@ -46,7 +48,9 @@ __all__ = [
     "load_model",
     "load_pretrained",
     "open_chunked",
+    "pair_by_stem",
     "read_image",
+    "read_labels",
     "read_metadata",
     "save_model",
     "write_image",
@@ -250,6 +254,118 @@ def list_images(dir_or_file: str | Path) -> list[Path]:
         for child in path.iterdir()
         if child.is_file() and not child.name.startswith(".") and _suffix(child) in IMAGE_SUFFIXES
     )
+
+
+def files_by_stem(dir_or_file: str | Path, *, name: str = "input") -> dict[str, Path]:
+    """The image files of a folder (or one file) keyed by file name without suffix.
+
+    Raises
+    ------
+    InputError
+        If there are no image files, or two files share a name (``a.png``, ``a.tif``).
+    """
+    try:
+        files = list_images(dir_or_file)
+    except (FileNotFoundError, ValueError) as err:
+        raise InputError(f"{name}: {err}", path=dir_or_file) from err
+    if not files:
+        raise InputError(f"{name}: no image files in {dir_or_file}", path=dir_or_file)
+    table: dict[str, Path] = {}
+    for path in files:
+        if path.stem in table:
+            raise InputError(
+                f"{name}: two files with the same name: {table[path.stem].name}, {path.name}",
+                path=path,
+            )
+        table[path.stem] = path
+    return table
+
+
+def pair_by_stem(
+    first: str | Path, second: str | Path, *, names: tuple[str, str] = ("first", "second")
+) -> list[tuple[str, Path, Path]]:
+    """Pair the image files of two folders by name without suffix (``a.tif`` <-> ``a.png``).
+
+    A file against a folder is paired with its namesake; two files are paired
+    whatever their names.
+
+    Parameters
+    ----------
+    first, second : str or Path
+        Folders or image files.
+    names : (str, str)
+        What to call them in messages (e.g. ``("--pred", "--gt")``).
+
+    Returns
+    -------
+    pairs : list of (stem, first file, second file)
+        Sorted by stem.
+
+    Raises
+    ------
+    InputError
+        If a file of either side has no partner, or a side has no image files.
+    """
+    one, two = files_by_stem(first, name=names[0]), files_by_stem(second, name=names[1])
+    if Path(first).is_file() and Path(second).is_file():
+        (a,), (b,) = one.values(), two.values()
+        return [(a.stem, a, b)]
+    # One file against a folder: that file only.
+    if Path(first).is_file():
+        two = {stem: path for stem, path in two.items() if stem in one}
+    elif Path(second).is_file():
+        one = {stem: path for stem, path in one.items() if stem in two}
+    problems = []
+    if set(two) - set(one):
+        problems.append(
+            f"no {names[0]} for {', '.join(two[s].name for s in sorted(set(two) - set(one)))}"
+        )
+    if set(one) - set(two):
+        problems.append(
+            f"no {names[1]} for {', '.join(one[s].name for s in sorted(set(one) - set(two)))}"
+        )
+    if problems:
+        raise InputError("; ".join(problems))
+    return [(stem, one[stem], two[stem]) for stem in sorted(one)]
+
+
+def is_colour_file(path: str | Path, image: np.ndarray) -> bool:
+    """A PNG/JPEG-style (Y, X, 3|4) colour image (TIFF stacks are never guessed to be colour)."""
+    return (
+        _suffix(Path(path)) not in _TIFF_SUFFIXES and image.ndim == 3 and image.shape[-1] in (3, 4)
+    )
+
+
+def read_labels(path: str | Path) -> np.ndarray:
+    """Read a label image: non-negative integers, 0 = background.
+
+    Grey label images saved as colour (all colours equal) are accepted;
+    float images holding whole numbers become int64.
+
+    Raises
+    ------
+    InputError
+        If the file is a colour image, holds non-integer or negative values.
+    """
+    labels = read_image(path)
+    if is_colour_file(path, labels):
+        colour = labels[..., :3]
+        if not (colour == colour[..., :1]).all():
+            raise InputError(
+                f"{path} is a colour image, expected a single-channel label image", path=path
+            )
+        labels = colour[..., 0]
+    if not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == bool):
+        if not np.issubdtype(labels.dtype, np.floating) or not np.all(labels == np.round(labels)):
+            raise InputError(
+                f"{path} (dtype {labels.dtype}) is not a label image: expected integer labels; "
+                "turn probabilities into labels first",
+                path=path,
+            )
+        labels = labels.astype(np.int64)
+    if labels.size and labels.min() < 0:
+        raise InputError(f"{path} contains negative labels", path=path)
+    return labels
 
 
 # ---------------------------------------------------------------------------

@@ -88,6 +88,13 @@ class SegmentConfig:
         ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"``, ``"mps"``.
     level : int, optional
         U-Net++ only: predict with the network pruned at this level.
+    backend : str
+        Inference engine (:mod:`napari_unet.inference`): ``"auto"``, ``"eager"``,
+        ``"compile"`` or ``"onnxruntime"``. ``"auto"`` may choose ONNX Runtime
+        once its export is cached, whose probabilities differ from eager ones
+        by float rounding: give ``"eager"`` for bit-identical repeat runs.
+    precision : str
+        ``"auto"``, ``"fp32"``, ``"bf16"`` or ``"fp16"``.
     probabilities : bool
         Keep the probabilities in the result (else None, freeing memory).
     postprocess : mapping
@@ -101,6 +108,8 @@ class SegmentConfig:
     batch_size: int = 1
     device: str | None = "auto"
     level: int | None = None
+    backend: str = "auto"
+    precision: str = "auto"
     probabilities: bool = True
     postprocess: Mapping[str, Any] = field(default_factory=dict)
 
@@ -224,13 +233,16 @@ def _setup(
     return net, config, normalization
 
 
-def _predict_kwargs(config: SegmentConfig) -> dict[str, Any]:
+def _predict_kwargs(config: SegmentConfig, *, backend: bool = True) -> dict[str, Any]:
     """The tiling keywords of a configuration (one place for every path)."""
-    return {
+    kwargs: dict[str, Any] = {
         "tile_shape": None if config.tile is None else (config.tile, config.tile),
         "batch_size": config.batch_size,
         "device": config.device,
     }
+    if backend:  # predict_dask chooses its own engine per chunk
+        kwargs.update(backend=config.backend, precision=config.precision)
+    return kwargs
 
 
 def _labels_of_plane(probs: np.ndarray, config: SegmentConfig) -> np.ndarray:
@@ -584,7 +596,7 @@ def segment_chunked(
         net,
         normalization.apply_dask(data, channel_axis=axis),
         channel_axis=axis,
-        **_predict_kwargs(config),
+        **_predict_kwargs(config, backend=False),
     )
     lead_axes, lead_scale = [axes[a] for a in leading], [scale[a] for a in leading]
     out_axes, out_scale = [*lead_axes, *axes[-2:]], [*lead_scale, *scale[-2:]]

@@ -57,6 +57,8 @@ def predict_job(
     threshold: float,
     device: str,
     keep_probabilities: bool,
+    backend: str = "auto",
+    precision: str = "auto",
 ) -> Generator[Progress, None, tuple[np.ndarray, np.ndarray | None]]:
     """Model file + image -> (labels, probabilities), yielding progress often.
 
@@ -84,6 +86,8 @@ def predict_job(
         ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"mps"``.
     keep_probabilities : bool
         Return the probabilities as well (else None, freeing the memory).
+    backend, precision : str
+        Inference engine and precision (:class:`~napari_unet.segment.SegmentConfig`).
 
     Returns
     -------
@@ -97,6 +101,8 @@ def predict_job(
         tta=tta,
         threshold=threshold,
         device=device,
+        backend=backend,
+        precision=precision,
         probabilities=keep_probabilities,
     )
     result = yield from iter_segment(model_path, data, channel_axis=channel_axis, config=config)

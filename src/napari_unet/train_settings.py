@@ -1,0 +1,231 @@
+"""Training settings in one place: presets, defaults, the network to build, resuming.
+
+Both front ends (``napari-unet train`` and the Train widget) turn their
+values into a network and a :class:`~napari_unet.training.TrainConfig` here,
+so they share every default:
+
+- :data:`PRESETS` / :func:`training_preset`: ``"gpu"`` is the paper's
+  network (64 base channels, depth 4), ``"cpu"`` a narrower one (32) that
+  trains in reasonable time without a GPU.
+- :func:`default_val_every`: how often to validate and save a checkpoint.
+- :class:`ModelSpec`: the architecture and its arguments; :meth:`ModelSpec.build`.
+- :func:`make_run`: front-end values -> ``(ModelSpec, TrainConfig)``.
+- :func:`resume_state`: continue an unfinished run, or fine-tune a finished model.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .errors import UsageError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from .training import TrainConfig
+
+__all__ = [
+    "PRESETS",
+    "ModelSpec",
+    "ResumeState",
+    "default_val_every",
+    "make_run",
+    "resume_state",
+    "training_preset",
+]
+
+#: Preset name -> the settings it fixes (everything else has one default).
+PRESETS: dict[str, dict[str, Any]] = {
+    # Ronneberger et al. (2015): 64 channels at the first level, 4 poolings.
+    "gpu": {"depth": 4, "base_channels": 64},
+    # A quarter of the weights and about a quarter of the compute per pixel.
+    "cpu": {"depth": 4, "base_channels": 32},
+}
+
+
+def training_preset(name: str) -> dict[str, Any]:
+    """A copy of a preset's settings (``"gpu"`` or ``"cpu"``).
+
+    Examples
+    --------
+    >>> training_preset("cpu")["base_channels"]
+    32
+    """
+    if name not in PRESETS:
+        raise UsageError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
+    return dict(PRESETS[name])
+
+
+def default_val_every(iterations: int) -> int:
+    """Validation (and checkpoint) interval: every 10 % of the run, at most every 100 iterations.
+
+    Examples
+    --------
+    >>> default_val_every(1000), default_val_every(30), default_val_every(5)
+    (100, 3, 1)
+    """
+    return max(1, min(100, int(iterations) // 10))
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A network to build: registry name and constructor arguments.
+
+    Parameters
+    ----------
+    architecture : str
+        ``"unet"`` or ``"unetplusplus"`` (names stored in model files).
+    in_channels, num_classes, depth, base_channels : int
+    padding : str
+        U-Net only (``"valid"``, the paper, or ``"same"``); U-Net++ is always same.
+    batch_norm : bool
+    """
+
+    architecture: str = "unet"
+    in_channels: int = 1
+    num_classes: int = 3
+    depth: int = 4
+    base_channels: int = 64
+    padding: str = "valid"
+    batch_norm: bool = False
+
+    def arguments(self) -> dict[str, Any]:
+        """The constructor arguments (``padding`` only for the U-Net)."""
+        arguments = asdict(self)
+        del arguments["architecture"]
+        if self.architecture != "unet":
+            del arguments["padding"]
+        return arguments
+
+    def build(self, *, seed: int | None = None) -> nn.Module:
+        """The untrained network; ``seed`` makes its initial weights reproducible.
+
+        Raises
+        ------
+        ValueError
+            An unknown architecture or arguments that do not fit it.
+        """
+        from ._modelfile import build_model
+
+        if seed is not None:
+            import torch
+
+            torch.manual_seed(seed)
+        return build_model(self.architecture, self.arguments())
+
+
+@dataclass
+class ResumeState:
+    """What training from an existing model file means.
+
+    Attributes
+    ----------
+    resume : bool
+        True: continue the unfinished run (weights, optimiser, iteration);
+        False: fine-tune the weights with a new run.
+    iteration : int or None
+        Iterations the file was trained for.
+    metadata : dict
+        The file's metadata.
+    """
+
+    resume: bool
+    iteration: int | None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def resume_state(path: str | os.PathLike) -> ResumeState:
+    """Resume or fine-tune: an unfinished checkpoint with optimiser state resumes.
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        If the file is missing or not a model file.
+    """
+    from ._modelfile import load_checkpoint
+
+    _, stored, optimizer_state = load_checkpoint(path)
+    previous = stored.get("training") or {}
+    resume = optimizer_state is not None and not previous.get("finished", True)
+    return ResumeState(resume, previous.get("iteration"), stored)
+
+
+def make_run(
+    *,
+    preset: str = "gpu",
+    in_channels: int = 1,
+    architecture: str = "unet",
+    classes: int = 3,
+    padding: str = "valid",
+    batch_norm: bool = False,
+    depth: int | None = None,
+    base_channels: int | None = None,
+    iterations: int = 1000,
+    val_every: int | None = None,
+    checkpoint_every: int | None = None,
+    augment: bool = True,
+    **config: Any,
+) -> tuple[ModelSpec, TrainConfig]:
+    """Front-end training values -> the network to build and the training configuration.
+
+    Parameters
+    ----------
+    preset : {"gpu", "cpu"}
+        Fills ``depth`` and ``base_channels`` when they are None.
+    in_channels : int
+        Channels of the training images.
+    architecture, classes, padding, batch_norm, depth, base_channels
+        The network (:class:`ModelSpec`); ``classes`` 3 adds the separating-border class.
+    iterations : int
+    val_every, checkpoint_every : int, optional
+        Default :func:`default_val_every`; checkpoints follow validation.
+    augment : bool
+        Elastic deformation, flips and grey-value changes together.
+    **config
+        Further :class:`~napari_unet.training.TrainConfig` fields (``lr``,
+        ``optimizer``, ``tile_shape``, ``w0``, ``device``, ...).
+
+    Returns
+    -------
+    spec : ModelSpec
+    config : TrainConfig
+
+    Raises
+    ------
+    ValueError
+        A value out of range (from :class:`~napari_unet.training.TrainConfig`).
+
+    Examples
+    --------
+    >>> spec, config = make_run(preset="cpu", iterations=200)
+    >>> spec.base_channels, config.val_every, config.checkpoint_every
+    (32, 20, 20)
+    """
+    from .training import TrainConfig
+
+    chosen = training_preset(preset)
+    if classes not in (2, 3):
+        raise UsageError(f"classes must be 2 or 3, got {classes}")
+    spec = ModelSpec(
+        architecture=architecture,
+        in_channels=int(in_channels),
+        num_classes=int(classes),
+        depth=chosen["depth"] if depth is None else int(depth),
+        base_channels=chosen["base_channels"] if base_channels is None else int(base_channels),
+        padding=padding,
+        batch_norm=bool(batch_norm),
+    )
+    val_every = default_val_every(iterations) if val_every is None else val_every
+    train_config = TrainConfig(
+        iterations=iterations,
+        border_class=classes == 3,
+        elastic=augment,
+        flips=augment,
+        grey_values=augment,
+        val_every=val_every,
+        checkpoint_every=val_every if checkpoint_every is None else checkpoint_every,
+        **config,
+    )
+    return spec, train_config
