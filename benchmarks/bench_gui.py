@@ -28,7 +28,7 @@ from pathlib import Path
 
 PROBE_MS = 10
 PLUGIN = "napari-unet-cells"
-SCENARIOS = ("pick", "paint", "predict", "train", "result")
+SCENARIOS = ("paint", "predict", "train", "result")
 
 
 def _probe(until, timeout: float = 300.0, at_least: float = 0.0) -> float:
@@ -86,10 +86,10 @@ def _scenario(name: str, quick: bool) -> dict[str, float]:
         out["idle"] = _probe(lambda: True, at_least=1.0)
         if name in ("pick", "paint"):
             _, labels = dense_cells(1024 if quick else 2048)
-            layer = viewer.add_labels(labels, name="cells 2048")
             _, weights = viewer.window.add_plugin_dock_widget(PLUGIN, "Weight map")
             _probe(lambda: True, at_least=0.5)
             before = weights.updates
+            layer = viewer.add_labels(labels, name="cells 2048")
             weights._labels.value = layer
             out["pick"] = _probe(lambda: weights.updates > before, at_least=0.4)
             if name == "paint":

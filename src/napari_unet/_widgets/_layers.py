@@ -15,19 +15,27 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "GREY",
     "RGB",
     "channel_axis_choices",
+    "colour_for_model",
     "connect_while_alive",
     "current_plane",
     "elide",
     "layers_of",
+    "model_channel_choices",
     "resolve_channel_axis",
+    "result_name",
     "spatial_transform",
     "unique_name",
 ]
 
 #: Choice value meaning "the RGB(A) last axis of an rgb image layer".
 RGB = "rgb"
+#: Choice value meaning "an rgb image layer converted to one grey channel".
+GREY = "grey"
+#: Last words of an image name that already say what the labels hold.
+_CELL_WORDS = ("cell", "cells", "nucleus", "nuclei")
 
 
 def elide(name: str, limit: int = 40) -> str:
@@ -71,9 +79,75 @@ def channel_axis_choices(layer: Any) -> list[tuple[str, Any]]:
     return choices
 
 
+def model_channel_choices(layer: Any, channels: int | None) -> list[tuple[str, Any]]:
+    """Channel options for ``layer`` that fit a model with ``channels`` inputs.
+
+    An RGB(A) layer is offered as grey for a one-channel model and as its
+    three colours (alpha dropped) for a three-channel one; other layers offer
+    the leading axes with exactly ``channels`` entries. With nothing that
+    fits, the plain choices are offered and Predict explains the mismatch.
+    """
+    if layer is None or channels is None:
+        return channel_axis_choices(layer)
+    shape = layer.data.shape
+    if getattr(layer, "rgb", False):
+        kind = "RGBA" if shape[-1] == 4 else "RGB"
+        if channels == 1:
+            return [(f"grey (converted from {kind})", GREY)]
+        if channels == 3 or channels == shape[-1]:
+            return [(f"{kind} ({channels} channels)", RGB)]
+        return channel_axis_choices(layer)
+    if channels == 1:
+        return [("none (one channel)", None)]
+    fitting = [
+        (f"axis {axis} ({shape[axis]} channels)", axis)
+        for axis in range(len(shape) - 2)
+        if shape[axis] == channels
+    ]
+    return fitting or channel_axis_choices(layer)
+
+
+def colour_for_model(data: Any, choice: Any, channels: int) -> tuple[Any, int | None]:
+    """An RGB(A) array ``(..., Y, X, 3|4)`` as the model wants it: grey, or three colours.
+
+    Grey saved as colour (all colours equal) keeps its values; other colours
+    are mixed with the usual luminance weights (0.299, 0.587, 0.114).
+    Works on NumPy and Dask arrays.
+
+    Returns
+    -------
+    data : array
+    channel_axis : int or None
+    """
+    colour = data[..., :3]
+    if choice != GREY:
+        return (colour if channels == 3 else data), data.ndim - 1
+    if isinstance(colour, np.ndarray) and (colour == colour[..., :1]).all():
+        return colour[..., 0], None
+    weights = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    return (colour * weights).sum(axis=-1, dtype=np.float32), None
+
+
+def result_name(image_name: str, what: str = "cells (predicted)") -> str:
+    """A result layer's name without repetition.
+
+    "<image> cells (predicted)", but "synthetic cells (predicted)" rather
+    than "synthetic cells cells (predicted)".
+    """
+    words = image_name.lower().split()
+    if words and words[-1] in _CELL_WORDS and what.split()[0] in ("cells", "cell"):
+        rest = what.split(" ", 1)[1] if " " in what else ""
+        return f"{image_name} {rest}".strip()
+    return f"{image_name} {what}"
+
+
 def resolve_channel_axis(layer: Any, choice: Any) -> int | None:
-    """The axis of ``layer.data`` that holds channels, or None."""
-    if choice == RGB or getattr(layer, "rgb", False):
+    """The axis of ``layer.data`` that holds channels, or None.
+
+    For an RGB(A) layer that is its colour axis, also when the colours are
+    converted to grey for the model (see :func:`colour_for_model`).
+    """
+    if choice in (RGB, GREY) or getattr(layer, "rgb", False):
         return layer.data.ndim - 1
     return None if choice is None else int(choice)
 

@@ -133,7 +133,10 @@ class TrainedModel:
 
     name: str
     path: Path
+    #: Which checkpoint the file holds, e.g. "best checkpoint, iteration 48 of 60".
     note: str = ""
+    #: False for a run the user stopped: listed in Predict, but not chosen for it.
+    finished: bool = True
 
 
 @dataclass

@@ -25,15 +25,21 @@ from napari.utils.notifications import show_error, show_info
 
 from ..progress import Progress
 from ._layers import (
-    channel_axis_choices,
+    GREY,
+    RGB,
+    colour_for_model,
+    elide,
     layers_of,
+    model_channel_choices,
     on_layer_list_change,
     resolve_channel_axis,
+    result_name,
     spatial_shape,
     spatial_transform,
     unique_name,
 )
 from ._lifetime import report_error, watch_close
+from ._model_text import describe_model, technical_details
 from ._session import session_for
 from ._ui import ScrollDock
 
@@ -109,6 +115,34 @@ def predict_job(
     return result.labels, result.probabilities
 
 
+def layer_job(
+    model_path: Path,
+    data: Any,
+    *,
+    name: str,
+    colour: str | None,
+    channels: int,
+    channel_axis: int | None,
+    **options: Any,
+) -> Generator[Progress, None, tuple[np.ndarray, np.ndarray | None]]:
+    """The worker's generator: read the layer's data, check it, then :func:`predict_job`.
+
+    Reading (a memory-mapped or lazily loaded file), the colour conversion
+    and the finiteness check all run here, in the worker, so that the GUI
+    never waits for them; the errors name the layer, not an internal array.
+    """
+    yield Progress(0, 1, "read")
+    data = np.asarray(data)
+    if colour is not None:
+        data, channel_axis = colour_for_model(data, colour, channels)
+    if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
+        raise ValueError(
+            f"'{elide(name)}' contains NaN or infinite values. Replace them first, "
+            "e.g. in the napari console: layer.data = np.nan_to_num(layer.data)."
+        )
+    return (yield from predict_job(model_path, data, channel_axis=channel_axis, **options))
+
+
 class PredictWidget(ScrollDock):
     """Run a model over an image layer and add the cells as a new Labels layer.
 
@@ -171,6 +205,7 @@ class PredictWidget(ScrollDock):
         self._cancel.changed.connect(self.cancel)
         self._session.models_changed.connect(self._on_session_models)
         on_layer_list_change(viewer, self._on_layers_changed)
+        viewer.layers.events.removed.connect(self._on_layer_removed)
         self._watcher = watch_close(self.native, self.cancel, self._on_destroyed)
         self._on_model_changed()
         self._on_image_changed()
@@ -182,7 +217,10 @@ class PredictWidget(ScrollDock):
 
         # Models trained in this session first (the newest is the default),
         # then the bundled ones: with nothing trained yet, `nuclei` is the default.
-        trained = [(f"{m.name} (this session)", m.path) for m in self._session.models]
+        trained = [
+            (f"{m.name} (this session{m.note and ', '}{m.note})", m.path)
+            for m in self._session.models
+        ]
         names = sorted(list_pretrained(), key=lambda name: name != "nuclei")
         bundled = [(f"{name} (bundled)", pretrained_path(name)) for name in names]
         return [*trained, *bundled, ("model file below", _FROM_FILE)]
@@ -191,7 +229,9 @@ class PredictWidget(ScrollDock):
         return layers_of(self._viewer, Image)
 
     def _channel_choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
-        return channel_axis_choices(self._image.value if hasattr(self, "_image") else None)
+        image = self._image.value if hasattr(self, "_image") else None
+        path = self.model_path() if hasattr(self, "_model_file") else None
+        return model_channel_choices(image, None if path is None else _model_channels(path))
 
     def _on_layers_changed(self, event: Any = None) -> None:
         if self._alive:
@@ -201,8 +241,10 @@ class PredictWidget(ScrollDock):
         if not self._alive:
             return
         self._model.reset_choices()
-        if self._session.models:
-            self._model.value = self._session.models[0].path  # the newest model
+        newest = self._session.models[0] if self._session.models else None
+        # A run the user stopped early is listed, not chosen: the current choice stays.
+        if newest is not None and newest.finished:
+            self._model.value = newest.path
 
     def _on_destroyed(self) -> None:
         # vars(): the garbage collector may already have cleared this object's attributes.
@@ -225,7 +267,10 @@ class PredictWidget(ScrollDock):
             self._model_info.value = ""
         else:
             meta, error = _read_model_metadata(path)
-            self._model_info.value = f"cannot read: {error}" if meta is None else _describe(meta)
+            self._model_info.value = (
+                f"cannot read: {error}" if meta is None else describe_model(meta)
+            )
+            self._model_info.tooltip = "" if meta is None else technical_details(meta)
             if meta is not None:
                 from ..pretrained import recommended_threshold
 
@@ -236,18 +281,19 @@ class PredictWidget(ScrollDock):
         self._channel_axis.reset_choices()
         self._suggest_channel_axis()
 
+    def _on_layer_removed(self, event: Any) -> None:
+        """The image being predicted was removed: stop, and add nothing later."""
+        image = self._job.get("image")
+        if self._alive and self.worker is not None and image is not None and event.value == image:
+            self.cancel()
+            self._job["removed"] = True
+
     def _suggest_channel_axis(self) -> None:
-        """For a multichannel model, preselect the first axis with that many entries."""
-        image, path = self._image.value, self.model_path()
-        if image is None or path is None or getattr(image, "rgb", False):
-            return
-        channels = _model_channels(path)
-        if channels is None or channels == 1:
-            return
-        for _, axis in channel_axis_choices(image):
-            if axis is not None and image.data.shape[axis] == channels:
-                self._channel_axis.value = axis
-                return
+        """Offer (and choose) only the channel options that fit the chosen model."""
+        self._channel_axis.reset_choices()
+        choices = self._channel_axis.choices
+        if choices and self._channel_axis.value not in choices:
+            self._channel_axis.value = choices[0]
 
     # -- running -------------------------------------------------------------------------------
 
@@ -273,16 +319,22 @@ class PredictWidget(ScrollDock):
             show_error("Predict: choose an image layer.")
             return None
         data = image.data[0] if image.multiscale else image.data
-        axis = resolve_channel_axis(image, self._channel_axis.value)
+        choice = self._channel_axis.value
+        axis = resolve_channel_axis(image, choice)
         channels = _model_channels(path)
         have = 1 if axis is None else int(data.shape[axis])
+        colour = None
+        if getattr(image, "rgb", False) and choice == GREY:
+            colour, have = GREY, 1
+        elif getattr(image, "rgb", False) and channels == 3 and have == 4:
+            colour, have = RGB, 3  # alpha dropped
         if channels is None:
-            show_error(f"Predict: {path} is not a napari-unet model file.")
+            show_error(f"Predict: {elide(path.name)} is not a napari-unet model file.")
             return None
         if channels != have:
             show_error(
-                f"Predict: the model expects {channels} channel(s), '{image.name}' has {have} "
-                f"with channels = {self._channel_axis.native.currentText()}; choose the "
+                f"Predict: the model expects {channels} channel(s), '{elide(image.name)}' has "
+                f"{have} with channels = {self._channel_axis.native.currentText()}; choose the "
                 "channel axis (or a model trained on such images)."
             )
             return None
@@ -294,12 +346,16 @@ class PredictWidget(ScrollDock):
             "axis": axis,
             "probabilities": self._probabilities.value,
             "model": path,
+            "colour": colour,
         }
         if _is_lazy(data):
+            if colour is not None:
+                data, _ = colour_for_model(data, colour, channels)
+                axis = None if colour == GREY else axis
             self._add_lazy(path, image, data, axis)
             return None
         worker = thread_worker(
-            predict_job,
+            layer_job,
             start_thread=False,
             # Our "errored" handler reports the error (see _report_error) and stops
             # superqt from re-raising it in the event loop.
@@ -307,6 +363,9 @@ class PredictWidget(ScrollDock):
         )(
             path,
             data,
+            name=image.name,
+            colour=colour,
+            channels=channels,
             channel_axis=axis,
             tile=self._tile.value or None,
             tta=self._tta.value,
@@ -322,6 +381,8 @@ class PredictWidget(ScrollDock):
         self._started = time.perf_counter()
         self._set_running(True)
         self._status.value = "loading the model ..."
+        if colour == GREY:
+            show_info(f"Predict: '{elide(image.name)}' is converted to grey for this model.")
         worker.start()
         return worker
 
@@ -347,9 +408,9 @@ class PredictWidget(ScrollDock):
         except (OSError, ValueError) as err:
             show_error(f"Predict: {err}")
             return
-        transform = spatial_transform(image, axis)
+        transform = spatial_transform(image, resolve_channel_axis(image, self._channel_axis.value))
         layer = self._viewer.add_labels(
-            labels, name=unique_name(self._viewer, f"{image.name} cells (predicted)"), **transform
+            labels, name=unique_name(self._viewer, result_name(image.name)), **transform
         )
         note = ""
         if self._probabilities.value:
@@ -395,34 +456,49 @@ class PredictWidget(ScrollDock):
             return
         labels, probs = result
         image = self._job["image"]
+        if image not in self._viewer.layers:
+            self._status.value = f"'{elide(image.name)}' was removed; no layer was added"
+            return
         transform = spatial_transform(image, self._job["axis"])
+        n = int(labels.max(initial=0))
         layer = self._viewer.add_labels(
-            labels, name=unique_name(self._viewer, f"{image.name} cells (predicted)"), **transform
+            labels, name=unique_name(self._viewer, result_name(image.name)), **transform
         )
         if probs is not None:
             names = ["cell", "border"][: probs.shape[0] - 1]
             for k, name in enumerate(names, start=1):
                 self._viewer.add_image(
                     probs[k],
-                    name=unique_name(self._viewer, f"{image.name} {name} probability"),
+                    name=unique_name(self._viewer, result_name(image.name, f"{name} probability")),
                     colormap="magma" if name == "cell" else "cyan",
                     contrast_limits=(0.0, 1.0),
                     blending="additive",
                     visible=name == "cell",
                     **transform,
                 )
-        n = int(labels.max(initial=0))
         seconds = time.perf_counter() - self._started
         self._progress.value = 1000
-        self._status.value = f"{n} cells found in {_format_seconds(seconds)} -> '{layer.name}'"
+        grey = " (converted to grey)" if self._job.get("colour") == GREY else ""
+        self._status.value = (
+            f"{n} cells found{grey} in {_format_seconds(seconds)} -> '{elide(layer.name)}'"
+        )
 
     def _on_aborted(self) -> None:
         if self._alive:
-            self._status.value = "cancelled; no layer was added"
+            image = self._job.get("image")
+            self._status.value = (
+                f"'{elide(image.name)}' was removed from the viewer; prediction cancelled"
+                if self._job.get("removed") and image is not None
+                else "cancelled; no layer was added"
+            )
             self._progress.value = 0
 
     def _on_errored(self, err: Exception) -> None:
-        report_error(err)
+        if isinstance(err, (ValueError, OSError)):
+            # A problem with the input: the message says what to do; no traceback.
+            show_error(f"Predict: {err}")
+        else:
+            report_error(err)
         if self._alive:
             self._status.value = f"failed: {err}"
 
@@ -463,20 +539,6 @@ def _read_model_metadata(path: Path) -> tuple[dict | None, str]:
         return read_metadata(path), ""
     except (OSError, ModelFileError) as err:
         return None, str(err)
-
-
-def _describe(meta: dict) -> str:
-    """One line about a model: architecture, channels, classes, training."""
-    args = meta.get("arguments", {})
-    text = (
-        f"{meta.get('architecture', '?')} depth {args.get('depth', '?')}, "
-        f"{args.get('base_channels', '?')} base channels, {args.get('padding', '?')} padding; "
-        f"{meta.get('in_channels', '?')} channel(s) in, {meta.get('num_classes', '?')} classes"
-    )
-    training = meta.get("training") or {}
-    if training.get("iteration") is not None:
-        text += f"; {training['iteration']} iterations"
-    return text
 
 
 def _format_seconds(seconds: float) -> str:

@@ -35,6 +35,7 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import QVBoxLayout
 
 from ..progress import Progress
+from ._layers import elide
 from ._lifetime import report_error, watch_close
 from ._plot import LinePlot
 from ._session import TrainedModel, session_for
@@ -443,6 +444,7 @@ class TrainWidget(ScrollDock):
         data_info = {
             "source": "napari",
             "planes": [entry.describe() for entry in training_set],
+            "object_diameter_px": _median_diameter(training_set),
         }
         self._stop.clear()
         self._done.clear()
@@ -527,12 +529,10 @@ class TrainWidget(ScrollDock):
     def _on_returned(self, result: TrainResult) -> None:
         self.result = result
         path = result.best_path
+        checkpoint = _checkpoint_note(result)
         if path is not None and Path(path).is_file():
-            state = "stopped" if result.cancelled else "finished"
             self._session.add_model(
-                TrainedModel(
-                    Path(path).stem, Path(path), f"{state} at iteration {result.iterations}"
-                )
+                TrainedModel(Path(path).stem, Path(path), checkpoint, not result.cancelled)
             )
         if not self._alive:
             return
@@ -541,13 +541,18 @@ class TrainWidget(ScrollDock):
             self._status.value = "stopped before the first iteration; no model was written"
             return
         state = "Stopped" if result.cancelled else "Finished"
+        listed = (
+            "It is listed in Predict (not chosen there: the run was stopped early)."
+            if result.cancelled
+            else "Predict now uses it."
+        )
         self._progress.value = int(1000 * result.iterations / max(self._iterations.value, 1))
         self._status.value = (
             f"{state} at iteration {result.iterations} in "
-            f"{_format_seconds(time.perf_counter() - self._started)}; saved {path}. "
-            "It is now listed in Predict."
+            f"{_format_seconds(time.perf_counter() - self._started)}; saved the "
+            f"{checkpoint} as {elide(Path(path).name)}. {listed}"
         )
-        show_info(f"Train: {state.lower()}; model saved to {path}")
+        show_info(f"Train: {state.lower()}; model saved to {elide(str(path), 60)}")
 
     def _on_errored(self, err: Exception) -> None:
         report_error(err)
@@ -577,6 +582,28 @@ def _stopper(
             done.wait(CLOSE_WAIT_S)
 
     return on_destroyed
+
+
+def _median_diameter(training_set: Any) -> float | None:
+    """Median diameter (px) of the annotated cells, as of discs of the same area."""
+    import numpy as np
+
+    areas = []
+    for entry in training_set:
+        labels = entry.labels if entry.mask is None else np.where(entry.mask, entry.labels, 0)
+        counts = np.bincount(labels.ravel().astype(np.int64))[1:]
+        areas.append(counts[counts > 0])
+    found = np.concatenate(areas) if areas else np.zeros(0)
+    return round(float(2 * np.sqrt(np.median(found) / np.pi)), 1) if found.size else None
+
+
+def _checkpoint_note(result: TrainResult) -> str:
+    """Which weights the saved file holds: "best checkpoint, iteration 48 of 60"."""
+    best = (result.best or {}).get("iteration")
+    if best is not None and best != result.iterations:
+        return f"best checkpoint, iteration {best} of {result.iterations}"
+    state = "stopped" if result.cancelled else "finished"
+    return f"{state} at iteration {result.iterations}"
 
 
 def _format_seconds(seconds: float) -> str:
