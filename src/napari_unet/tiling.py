@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import math
 import uuid
+import warnings
 from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import TYPE_CHECKING
 
@@ -20,6 +21,7 @@ import torch
 from torch import nn
 
 from .devices import select_device
+from .errors import RedundantComputeWarning
 from .inference import Backend, make_backend
 from .progress import Progress, drive
 
@@ -42,6 +44,8 @@ __all__ = [
 _FLOATS_PER_PIXEL_PER_BASE_CHANNEL = 5.5
 _CPU_BUDGET_BYTES = 2 * 2**30
 _MAX_TILE = 2048
+# Tiles computing more than this many input pixels per kept output pixel get a warning.
+_REDUNDANT_LIMIT = 4.0
 
 
 def predict_tiled(
@@ -174,6 +178,43 @@ def iter_predict_tiled(
     of tiles and returns the probabilities. Closing the generator stops the
     work; this is how the napari widgets cancel.
     """
+    return (
+        yield from _predict_into(
+            model,
+            image,
+            None,
+            tile_shape=tile_shape,
+            batch_size=batch_size,
+            device=device,
+            tta=tta,
+            overlap=overlap,
+            backend=backend,
+            precision=precision,
+            _images=_images,
+        )
+    )
+
+
+def _predict_into(
+    model: nn.Module,
+    image: np.ndarray,
+    out: np.ndarray | None,
+    *,
+    tile_shape: Sequence[int] | None = None,
+    batch_size: int = 1,
+    device: str | torch.device | None = None,
+    tta: bool = False,
+    overlap: Sequence[int] | int | None = None,
+    backend: str | Backend = "auto",
+    precision: str = "auto",
+    _images: int = 1,
+) -> Generator[Progress, None, np.ndarray]:
+    """:func:`iter_predict_tiled` writing into ``out`` (classes, Y, X), or a new array.
+
+    Memory: ``out`` plus tile-sized buffers. The image is neither copied
+    nor padded as a whole: each tile is cut from it with the mirror padding
+    folded into its indices and converted to float32 on its own.
+    """
     if not isinstance(model, nn.Module):
         raise TypeError(
             f"`model` must be a torch.nn.Module (e.g. from napari_unet.io.load_model), "
@@ -186,30 +227,30 @@ def iter_predict_tiled(
     if isinstance(backend, str):
         backend = make_backend(model, backend=backend, precision=precision, device=dev)
     tiler = _Tiler(model, plan_shape, tile_shape, dev, overlap, backend)
+    tiler.warn_if_redundant(tile_shape)
     transforms = _DIHEDRAL if tta else _DIHEDRAL[:1]
-    total = len(transforms) * tiler.count_tiles(image.shape[1:])
+    total = sum(tiler.count_tiles(forward(image[:1]).shape[1:]) for forward, _ in transforms)
     # A backend that pays a set-up cost decides from the work announced
     # (`_images` same-shaped images for a stack, announced with its first plane).
     if _images and hasattr(backend, "expect"):
         backend.expect(total * _images)
+    if out is None:
+        out = np.zeros((model.num_classes, *image.shape[1:]), dtype=np.float32)
+    elif tta or model.padding == "same":
+        out[...] = 0  # these accumulate
     done = 0
-    result = np.zeros((model.num_classes, *image.shape[1:]), dtype=np.float32)
-    for forward, inverse in transforms:
-        transformed = np.ascontiguousarray(forward(image))
-        probs = None
-        events = tiler.predict(transformed, batch_size=batch_size)
-        while True:
-            try:
-                n = next(events)
-            except StopIteration as stop:
-                probs = stop.value
-                break
+    for forward, _ in transforms:
+        # forward() gives views: the tiles are read from the transformed image
+        # and written into the transformed view of `out`.
+        events = tiler.predict_into(
+            forward(image), forward(out), batch_size=batch_size, accumulate=len(transforms) > 1
+        )
+        for n in events:
             done += n
             yield Progress(done, total, "predict")
-        result += inverse(probs)
     if len(transforms) > 1:
-        result /= len(transforms)
-    return result
+        out /= len(transforms)
+    return out
 
 
 def predict_stack(
@@ -272,26 +313,27 @@ def iter_predict_stack(
                 f"`data` has shape {data.shape}; with a `channel_axis` it needs at least "
                 "3 axes (channels, Y, X in any order)"
             )
-        data = np.moveaxis(data, channel_axis, -3)
-        if data.shape[-3] != model.in_channels:
+        # A view: planes are taken one at a time, never copied as a whole stack.
+        moved = np.moveaxis(data, channel_axis, -3)
+        if moved.shape[-3] != model.in_channels:
             raise ValueError(
-                f"`data` of shape {np.moveaxis(data, -3, channel_axis).shape} has "
-                f"{data.shape[-3]} channel(s) along `channel_axis` {channel_axis}, but the "
-                f"model expects {model.in_channels}"
+                f"`data` of shape {data.shape} has {moved.shape[-3]} channel(s) along "
+                f"`channel_axis` {channel_axis}, but the model expects {model.in_channels}"
             )
-        leading = data.shape[:-3]
-        planes = data.reshape(-1, *data.shape[-3:])
+        leading = moved.shape[:-3]
     else:
         if data.ndim < 2:
             raise ValueError(
                 f"`data` has shape {data.shape}; expected (..., Y, X) with at least 2 axes"
             )
+        moved = data[..., np.newaxis, :, :]
         leading = data.shape[:-2]
-        planes = data.reshape(-1, 1, *data.shape[-2:])
-    if planes.shape[0] == 0:
+    count = math.prod(leading)
+    if count == 0:
         raise ValueError(f"`data` of shape {data.shape} holds no planes")
 
-    out = np.empty((model.num_classes, planes.shape[0], *planes.shape[-2:]), dtype=np.float32)
+    shape = moved.shape[-2:]
+    out = np.empty((model.num_classes, count, *shape), dtype=np.float32)
     backend = kwargs.pop("backend", "auto")
     if isinstance(backend, str):
         backend = make_backend(
@@ -300,26 +342,24 @@ def iter_predict_stack(
             precision=str(kwargs.pop("precision", "auto")),
             device=kwargs.get("device"),
         )
-    # Tiles per plane are the same for every plane, so the total is known up front.
-    per_plane = None
-    for index, plane in enumerate(planes):
-        events = iter_predict_tiled(
-            model, plane, backend=backend, _images=len(planes) if index == 0 else 0, **kwargs
+    for index, where in enumerate(np.ndindex(*leading)):
+        # Each plane's probabilities go straight into their place in `out`.
+        events = _predict_into(
+            model,
+            moved[where],
+            out[:, index],
+            backend=backend,
+            _images=count if index == 0 else 0,
+            **kwargs,
         )
-        while True:
-            try:
-                event = next(events)
-            except StopIteration as stop:
-                out[:, index] = stop.value
-                break
-            per_plane = event.total
+        for event in events:
             yield Progress(
-                index * per_plane + event.done,
-                planes.shape[0] * per_plane,
+                index * event.total + event.done,
+                count * event.total,
                 "predict",
-                {"plane": index, "planes": planes.shape[0]},
+                {"plane": index, "planes": count},
             )
-    return out.reshape(model.num_classes, *leading, *planes.shape[-2:])
+    return out.reshape(model.num_classes, *leading, *shape)
 
 
 def predict_dask(
@@ -628,7 +668,7 @@ def _as_channels_first(model: nn.Module, image: np.ndarray) -> np.ndarray:
     channels = model.in_channels
     expected = "(Y, X) or (1, Y, X)" if channels == 1 else f"({channels}, Y, X)"
     if image.dtype == np.bool_:
-        image = image.astype(np.float32)
+        image = image.view(np.uint8)
     if not (np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating)):
         raise ValueError(
             f"`image` has dtype {image.dtype}, expected a real numeric dtype "
@@ -645,12 +685,16 @@ def _as_channels_first(model: nn.Module, image: np.ndarray) -> np.ndarray:
         )
     if image.size == 0:
         raise ValueError(f"`image` of shape {received} is empty, expected {expected}")
-    image = image.astype(np.float32, copy=False)
-    if not np.isfinite(image).all():
-        raise ValueError(
-            f"`image` of shape {received} contains NaN or infinite values; "
-            "replace them (e.g. np.nan_to_num) before predicting"
-        )
+    # Tiles are converted to float32 one at a time; the check runs on blocks of
+    # rows so that it needs no image-sized temporary either.
+    if image.dtype.kind == "f" or image.dtype.itemsize > 2:
+        rows = max(1, 2**22 // max(1, image.shape[0] * image.shape[2]))
+        for y in range(0, image.shape[1], rows):
+            if not np.isfinite(image[:, y : y + rows].astype(np.float32)).all():
+                raise ValueError(
+                    f"`image` of shape {received} contains NaN or infinite values; "
+                    "replace them (e.g. np.nan_to_num) before predicting"
+                )
     return image
 
 
@@ -806,6 +850,123 @@ class _Tiler:
         np.divide(out, weights, out=out, where=weights > 0)
         return out[:, py : py + size[0], px : px + size[1]]
 
+    def predict_into(
+        self, image: np.ndarray, out: np.ndarray, *, batch_size: int, accumulate: bool
+    ) -> Generator[int, None, None]:
+        """Predict a (C, Y, X) image into ``out`` (classes, Y, X); yields tiles per batch.
+
+        Only tile-sized buffers are made: each tile is cut from ``image``
+        (any real dtype, any strides) with the mirror padding folded into its
+        indices, and its kept part is written (``accumulate``: added) into
+        ``out``. Same-padding blend weights are divided out per tile: their
+        sum over tiles is separable, so two 1D sums replace an image-sized one.
+        """
+        if batch_size < 1:
+            raise ValueError(f"`batch_size` must be >= 1, got {batch_size}")
+        size = image.shape[1:]
+        counts, pads = self._grid(size)
+        before = [b for b, _ in pads]
+        positions = list(
+            itertools.product(
+                *(range(0, c * s, s) for c, s in zip(counts, self.step, strict=True))
+            )
+        )
+        same = self.model.padding == "same"
+        if same:
+            ramps = _blend_ramps(self.tile, self.overlap, _context(self.model))
+            scales = []
+            for ramp, n, step, (b, a), length in zip(
+                ramps, counts, self.step, pads, size, strict=True
+            ):
+                total = np.zeros(b + length + a, dtype=np.float32)
+                for i in range(n):
+                    total[i * step : i * step + len(ramp)] += ramp
+                scales.append((ramp, total))
+        for batch in _batched(positions, batch_size):
+            tiles = np.stack([self._cut(image, y - before[0], x - before[1]) for y, x in batch])
+            probs = self.run(torch.from_numpy(tiles))
+            for (y, x), p in zip(batch, probs, strict=True):
+                if same:
+                    self._blend_into(out, p, (y, x), before, size, scales)
+                    continue
+                h, w = min(self.step[0], size[0] - y), min(self.step[1], size[1] - x)
+                if h <= 0 or w <= 0:
+                    continue
+                if accumulate:
+                    out[:, y : y + h, x : x + w] += p[:, :h, :w]
+                else:
+                    out[:, y : y + h, x : x + w] = p[:, :h, :w]
+            yield len(batch)
+
+    def _cut(self, image: np.ndarray, y: int, x: int) -> np.ndarray:
+        """The float32 tile at image position (y, x), mirrored where it overhangs."""
+        index = []
+        symmetric = min(image.shape[1:]) == 1  # as _mirror_pad
+        for start, length, n in zip((y, x), self.tile, image.shape[1:], strict=True):
+            if 0 <= start and start + length <= n:
+                index.append(slice(start, start + length))
+            else:
+                index.append(_reflect_indices(start, length, n, symmetric))
+        if isinstance(index[0], slice) or isinstance(index[1], slice):
+            tile = image[:, index[0]][:, :, index[1]]
+        else:
+            tile = image[:, index[0][:, np.newaxis], index[1][np.newaxis, :]]
+        return np.ascontiguousarray(tile, dtype=np.float32)
+
+    def _blend_into(
+        self,
+        out: np.ndarray,
+        p: np.ndarray,
+        at: tuple[int, int],
+        before: Sequence[int],
+        size: Sequence[int],
+        scales: Sequence[tuple[np.ndarray, np.ndarray]],
+    ) -> None:
+        """Add a same-padding tile's weighted probabilities inside the image."""
+        parts = []
+        for pos, b, n, t, (ramp, total) in zip(at, before, size, self.tile, scales, strict=True):
+            lo, hi = max(pos, b), min(pos + t, b + n)
+            if lo >= hi:
+                return
+            norm = total[lo:hi]
+            weight = np.divide(
+                ramp[lo - pos : hi - pos], norm, where=norm > 0, out=np.zeros_like(norm)
+            )
+            parts.append((slice(lo - pos, hi - pos), slice(lo - b, hi - b), weight))
+        (ty, oy, wy), (tx, ox, wx) = parts
+        out[:, oy, ox] += p[:, ty, tx] * np.outer(wy, wx)
+
+    def warn_if_redundant(self, tile_shape: Sequence[int] | None) -> None:
+        """Warn when a given tile computes > 4x the pixels it keeps (the halo dominates)."""
+        if tile_shape is None:
+            return
+        factor = math.prod(self.tile) / math.prod(self.step)
+        if factor <= _REDUNDANT_LIMIT:
+            return
+        suggested = _largest_valid_at_most(self.model, _MAX_TILE // 4)
+        used = "" if tuple(tile_shape) == self.tile else f" (rounded to {self.tile})"
+        warnings.warn(
+            f"`tile_shape` {tuple(tile_shape)}{used} computes {factor:.1f}x the pixels it "
+            f"predicts: the network's context around each {self.step[0]}x{self.step[1]} "
+            f"output dominates; a tile of ({suggested}, {suggested}), or `tile_shape=None` "
+            "(the largest that fits in memory), wastes far less",
+            RedundantComputeWarning,
+            stacklevel=4,
+        )
+
+
+def _reflect_indices(start: int, length: int, n: int, symmetric: bool) -> np.ndarray:
+    """Indices of positions ``start ... start + length - 1`` of a mirror-padded axis.
+
+    As :func:`_mirror_pad`: ``np.pad(mode="reflect")`` is periodic with period
+    ``2 * (n - 1)`` (also for pads longer than the axis, which ``np.pad``
+    reflects repeatedly), ``mode="symmetric"`` with period ``2 * n``.
+    """
+    i = np.arange(start, start + length)
+    period = 2 * n if symmetric else 2 * (n - 1)
+    i = np.mod(i, period)
+    return np.where(i >= n, period - i - (1 if symmetric else 0), i)
+
 
 def _mirror_pad(image: np.ndarray, pads: Sequence[tuple[int, int]]) -> np.ndarray:
     """``np.pad(mode="reflect")`` that also works when a pad exceeds the image.
@@ -820,7 +981,12 @@ def _mirror_pad(image: np.ndarray, pads: Sequence[tuple[int, int]]) -> np.ndarra
 
 
 def _blend_window(tile: Sequence[int], overlap: Sequence[int], context: int) -> np.ndarray:
-    """Separable weights: 0 near the tile edge, rising linearly to 1 inside.
+    """Separable weights: 0 near the tile edge, rising linearly to 1 inside."""
+    return np.outer(*_blend_ramps(tile, overlap, context))
+
+
+def _blend_ramps(tile: Sequence[int], overlap: Sequence[int], context: int) -> list[np.ndarray]:
+    """The two 1D factors of :func:`_blend_window`.
 
     Within ``margin`` pixels of the edge (the network's context, or less when
     the overlap is too small for it) the weight is 0; it then rises linearly
@@ -836,7 +1002,7 @@ def _blend_window(tile: Sequence[int], overlap: Sequence[int], context: int) -> 
             ramp[:o] = np.minimum(ramp[:o], rise)
             ramp[-o:] = np.minimum(ramp[-o:], rise[::-1])
         ramps.append(ramp)
-    return np.outer(ramps[0], ramps[1])
+    return ramps
 
 
 def _batched(items: list, n: int) -> Iterator[list]:

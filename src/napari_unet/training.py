@@ -25,6 +25,7 @@ import datetime as _dt
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Generator, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
@@ -38,9 +39,11 @@ from torch import nn
 from . import __version__
 from ._modelfile import load_checkpoint, save_model
 from .devices import select_device
+from .errors import DataWarning, InputError
 from .losses import hybrid_loss, soft_dice_loss, weighted_cross_entropy
 from .models import UNet
 from .normalize import Normalization
+from .outputs import check_outputs
 from .progress import Progress
 from .tensortable import optimizer_kind
 from .weights import instances_to_classes, weight_map
@@ -295,6 +298,11 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def written(self) -> list[Path]:
+        """The model files this run wrote (empty if it stopped before any was)."""
+        return [p for p in (self.best_path, self.last_path) if p is not None]
+
 
 def checkpoint_paths(out: str | os.PathLike) -> tuple[Path, Path]:
     """The two files a run with ``out`` writes: ``(best, last)``.
@@ -354,7 +362,7 @@ def _as_sample(item: Any, index: int) -> Sample:
 
 
 def _split_planes(
-    samples: Sequence[Any], in_channels: int, name: str
+    samples: Sequence[Any], in_channels: int, name: str, files: Sequence[str] = ()
 ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
     """Validate samples and split them into (C, Y, X) image / (Y, X) label planes."""
     planes = []
@@ -362,7 +370,7 @@ def _split_planes(
         sample = _as_sample(item, index)
         image = np.asarray(sample.image)
         labels = np.asarray(sample.labels)
-        where = f"`{name}`[{index}]"
+        where = f"`{name}`[{index}]" + (f" ({files[index]})" if index < len(files) else "")
         if labels.ndim not in (2, 3):
             raise ValueError(
                 f"{where}: labels have shape {labels.shape}, expected (Y, X) or (Z, Y, X)"
@@ -375,6 +383,7 @@ def _split_planes(
             raise ValueError(f"{where}: labels must be >= 0 (0 = background)")
         if not (np.issubdtype(image.dtype, np.number) and not np.iscomplexobj(image)):
             raise ValueError(f"{where}: image must be real-valued, got dtype {image.dtype}")
+        _check_finite(image, where)
         if image.ndim == labels.ndim:
             image = image[np.newaxis]  # one channel
         if image.ndim != labels.ndim + 1 or image.shape[1:] != labels.shape:
@@ -403,6 +412,53 @@ def _split_planes(
             for z in range(labels.shape[0]):
                 planes.append((image[:, z], labels[z], None if mask is None else mask[z]))
     return planes
+
+
+def _check_finite(image: np.ndarray, where: str) -> None:
+    # A NaN pixel would only show up later as a NaN loss, blamed on the learning rate.
+    if image.dtype.kind != "f":
+        return
+    bad = ~np.isfinite(image)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise InputError(
+            f"{where}: the image has {int(bad.sum())} NaN or infinite pixel(s) (the first at "
+            f"index {first}); replace them (e.g. np.nan_to_num) or fix the file before training"
+        )
+
+
+def _check_classes(
+    planes: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray | None]], name: str
+) -> None:
+    """Refuse labels with nothing to learn; warn about planes without cells or background."""
+    no_cells, no_background = [], []
+    for index, (_, labels, mask) in enumerate(planes):
+        annotated = labels if mask is None else labels[mask]
+        if annotated.size == 0:
+            continue
+        if not annotated.any():
+            no_cells.append(index)
+        elif annotated.all():
+            no_background.append(index)
+    annotated_planes = sum(1 for _, labels, mask in planes if mask is None or mask.any())
+    for which, what, fix in (
+        (no_cells, "no cells (every label is 0)", "annotate cells with ids > 0"),
+        (no_background, "no background (no label is 0)", "mark background as 0"),
+    ):
+        if not which:
+            continue
+        if len(which) == annotated_planes:
+            raise InputError(
+                f"the labels of `{name}` have {what} on every plane: there is nothing to learn; "
+                f"{fix}, or check that the label files belong to the images"
+            )
+        shown = ", ".join(map(str, which[:10])) + (" ..." if len(which) > 10 else "")
+        warnings.warn(
+            f"{len(which)} of {annotated_planes} planes of `{name}` have {what}: plane(s) "
+            f"{shown}. Training goes on; check that the label files belong to the images",
+            DataWarning,
+            stacklevel=3,
+        )
 
 
 def _targets(
@@ -731,6 +787,8 @@ def train_iter(
                 raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
         if not best_path.parent.is_dir():
             raise FileNotFoundError(f"folder {best_path.parent} for `out` does not exist")
+        # Before any work: a read-only or full --out must not be found after training.
+        check_outputs([best_path, last_path], overwrite=overwrite, create=False)
 
     # Model: fresh, given, or from a file (fine-tuning / resuming).
     optimizer_state = None
@@ -778,9 +836,11 @@ def train_iter(
             f"num_classes={config.num_classes} or change `border_class`"
         )
 
-    planes = _split_planes(samples, model.in_channels, "samples")
+    files = [str(f) for f in (data_info or {}).get("files", ())]
+    planes = _split_planes(samples, model.in_channels, "samples", files)
     if not planes:
         raise ValueError("`samples` is empty: training needs at least one annotated image")
+    _check_classes(planes, "samples")
     if val_samples is not None:
         val_planes = _split_planes(val_samples, model.in_channels, "val_samples")
     elif config.val_fraction > 0:
@@ -871,6 +931,7 @@ def train_iter(
     metrics: dict[str, float] = {}
     iteration = start
     saved_best = False
+    saved_last = False
 
     def metadata(finished: bool, cancelled: bool) -> dict[str, Any]:
         return {
@@ -900,6 +961,7 @@ def train_iter(
         nonlocal saved_best
         if out is None or not main:
             return
+        nonlocal saved_last
         meta = metadata(finished, cancelled)
         save_model(
             model,
@@ -908,6 +970,7 @@ def train_iter(
             overwrite=True,
             optimizer_state=optimizer.state_dict(),
         )
+        saved_last = True
         # Without validation (or before the first one) the best model is the last one.
         if not validation or not saved_best:
             save_model(model, best_path, metadata=meta, overwrite=True)
@@ -947,8 +1010,12 @@ def train_iter(
             if not math.isfinite(value):
                 raise FloatingPointError(
                     f"the training loss became {value} at iteration {iteration + 1}; lower the "
-                    f"learning rate (`lr` = {config.lr}). The last good model is kept"
-                    + (f" in {last_path}" if last_path else "")
+                    f"learning rate (`lr` = {config.lr}). "
+                    + (
+                        f"The last good model is kept in {last_path}"
+                        if saved_last
+                        else "No model file was written (none was saved before this iteration)"
+                    )
                 )
             iteration += 1
             losses.append(value)
