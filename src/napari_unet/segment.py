@@ -45,6 +45,7 @@ import numpy as np
 
 from .axes import find_channel_axis, move_channels
 from .normalize import Normalization
+from .outputs import TMP_SUFFIX, atomic_path
 from .progress import Cancelled, Progress
 
 if TYPE_CHECKING:
@@ -603,43 +604,55 @@ def segment_chunked(
     block = (*(1,) * len(lead_axes), probs.chunks[-2][0], probs.chunks[-1][0])
     # Probabilities go to the output, or to a scratch store beside it: the
     # labels need them twice (the id lookup, then the labels themselves).
+    # Both stores are written under temporary names and renamed when complete
+    # (outputs.atomic_path): an interrupted run leaves no valid-looking store
+    # with unwritten all-zero chunks under a final name.
     scratch = None
     if probabilities_path is None:
-        scratch = Path(tempfile.mkdtemp(prefix=f".{labels_path.stem}-", dir=labels_path.parent))
-    store_path = Path(probabilities_path) if probabilities_path else scratch / "probabilities.zarr"
+        scratch = Path(
+            tempfile.mkdtemp(
+                prefix=f".{labels_path.stem}.", suffix=TMP_SUFFIX, dir=labels_path.parent
+            )
+        )
     try:
-        target = create_ome_zarr(
-            store_path,
-            shape=probs.shape,
-            chunks=(probs.shape[0], *block),
-            dtype=np.float32,
-            axes=["c", *out_axes],
-            scale=[1.0, *out_scale],
-            name=f"{labels_path.stem} probabilities",
-        )
-        _store(probs, target, f"{source.name}: predicting", progress)
-        # A zarr.Array, not a Dask array: each labelling task reads its own
-        # chunk and margins, so no chunk waits in memory for its neighbours.
-        stored = zarr.open_array(str(store_path / "0"), mode="r")
-        labels = labels_dask(
-            stored,
-            margin=margin,
-            spatial_dims=2,
-            threshold=config.threshold,
-            compute_lookup=True,
-            **dict(config.postprocess),
-        )
-        target = create_ome_zarr(
-            labels_path,
-            shape=labels.shape,
-            chunks=block,
-            dtype=np.uint32,
-            axes=out_axes,
-            scale=out_scale,
-            name=labels_path.stem,
-            label=True,
-        )
-        _store(labels, target, f"{source.name}: labelling", progress)
+        with contextlib.ExitStack() as outputs:
+            labels_tmp = outputs.enter_context(atomic_path(labels_path, folder=True))
+            if probabilities_path is None:
+                store_path = scratch / "probabilities.zarr"
+            else:
+                store_path = outputs.enter_context(atomic_path(probabilities_path, folder=True))
+            target = create_ome_zarr(
+                store_path,
+                shape=probs.shape,
+                chunks=(probs.shape[0], *block),
+                dtype=np.float32,
+                axes=["c", *out_axes],
+                scale=[1.0, *out_scale],
+                name=f"{labels_path.stem} probabilities",
+            )
+            _store(probs, target, f"{source.name}: predicting", progress)
+            # A zarr.Array, not a Dask array: each labelling task reads its own
+            # chunk and margins, so no chunk waits in memory for its neighbours.
+            stored = zarr.open_array(str(store_path / "0"), mode="r")
+            labels = labels_dask(
+                stored,
+                margin=margin,
+                spatial_dims=2,
+                threshold=config.threshold,
+                compute_lookup=True,
+                **dict(config.postprocess),
+            )
+            target = create_ome_zarr(
+                labels_tmp,
+                shape=labels.shape,
+                chunks=block,
+                dtype=np.uint32,
+                axes=out_axes,
+                scale=out_scale,
+                name=labels_path.stem,
+                label=True,
+            )
+            _store(labels, target, f"{source.name}: labelling", progress)
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
