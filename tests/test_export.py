@@ -11,8 +11,8 @@ import torch
 import yaml
 
 from napari_unet import export
-from napari_unet._modelfile import ModelFileError, load_model, read_metadata, save_model
 from napari_unet.cli import main
+from napari_unet.io import ModelFileError, load_model, read_metadata, save_model
 from napari_unet.models import UNet
 from napari_unet.normalize import Normalization
 

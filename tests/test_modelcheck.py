@@ -20,10 +20,9 @@ from napari_unet._modelfile import (
     ModelFileError,
     build_model,
     load_checkpoint,
-    load_model,
-    read_metadata,
     save_model,
 )
+from napari_unet.io import load_model, read_metadata  # files and bioimage.io packages
 from napari_unet.modelcheck import parameter_count, validate_metadata
 from napari_unet.models import UNet, UNetPlusPlus
 

@@ -377,19 +377,9 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
         If it is not a napari-unet model file or its metadata breaks the
         schema (:func:`napari_unet.modelcheck.validate_metadata`).
     """
+    # bioimage.io packages: napari_unet.io.read_metadata (this module does not know them).
     path = Path(path)
-    if _is_package(path):
-        from .export import read_bioimageio_metadata
-
-        return read_bioimageio_metadata(path)
     return _parse_document(path, _read_header(path).metadata)
-
-
-def _is_package(path: Path) -> bool:
-    """A bioimage.io package (folder or zip with rdf.yaml), read by :mod:`napari_unet.export`."""
-    from .export import is_bioimageio_package
-
-    return is_bioimageio_package(path)
 
 
 def _parse_document(path: object, header: Mapping[str, str]) -> dict[str, Any]:
@@ -558,9 +548,8 @@ def load_model(
     Parameters
     ----------
     path : str or path-like
-        A napari-unet ``.safetensors`` model file, or a bioimage.io model
-        package (folder or ``.zip`` with ``rdf.yaml``) exported by napari-unet
-        (see :func:`napari_unet.export.load_bioimageio`).
+        A napari-unet ``.safetensors`` model file (bioimage.io packages:
+        :func:`napari_unet.io.load_model`).
     device : str or torch.device, optional
         Where to put the model; None leaves it on the CPU.
 
@@ -584,9 +573,7 @@ def load_model(
     Notes
     -----
     Only the safetensors format is read; ``torch.load`` is never called, so
-    nothing in the file is executed. (For a bioimage.io package without its
-    ``model.safetensors`` attachment, the state dict is read with
-    ``torch.load(weights_only=True)``, which loads tensors only.)
+    nothing in the file is executed.
 
     Examples
     --------
@@ -598,11 +585,7 @@ def load_model(
     >>> meta["architecture"], meta["classes"]
     ('unet', ['bg', 'fg'])
     """
-    if _is_package(Path(path)):
-        # Checked first: a zip package would otherwise be refused as a torch.save archive.
-        from .export import load_bioimageio
-
-        return load_bioimageio(path, device=device)
+    # bioimage.io packages: napari_unet.io.load_model (this module does not know them).
     # The optimiser state, if any, is not needed (nor checked) to predict.
     path = Path(path)
     target = _check_device(device)

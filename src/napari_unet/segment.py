@@ -203,7 +203,7 @@ def load_segmenter(model: Any, *, level: int | None = None) -> tuple[nn.Module, 
     if isinstance(model, tuple):
         net, metadata = model[0], dict(model[1] or {})
     elif isinstance(model, (str, os.PathLike)):
-        from ._modelfile import load_model
+        from .io.models import load_model
         from .pretrained import resolve_model
 
         net, metadata = load_model(resolve_model(model), device=None)
@@ -511,6 +511,39 @@ def _store(array: Any, target: Any, what: str, progress: Callable | None) -> Non
         da.store(array, target, lock=False)
 
 
+def _chunked_input(
+    image: Any, net: nn.Module, channel_axis: int | None, chunks: tuple[int, int] | None
+) -> tuple[Any, int | None, list[str], list[float]]:
+    """A chunked image arranged for prediction: data, channel axis, axis names, pixel sizes.
+
+    Channels go just before (Y, X); leading planes become one chunk each,
+    the channels one chunk, and (Y, X) chunks of ``chunks`` pixels (default:
+    the input's chunks clamped to 256-2048).
+    """
+    data, axes, scale = image.data, list(image.axes), list(image.scale)
+    if data.ndim < 2 or not np.issubdtype(data.dtype, np.number):
+        raise ValueError(f"expected a numeric (..., Y, X) array, got {data}")
+    axis = find_channel_axis(
+        data.shape, net.in_channels, image.channel_axis if channel_axis is None else channel_axis
+    )
+    if axis is not None:
+        data = move_channels(data, axis)
+        for names in (axes, scale):
+            names.insert(data.ndim - 3, names.pop(axis))
+        axis = data.ndim - 3
+    leading = [a for a in range(data.ndim - 2) if a != axis]
+    spatial = (data.ndim - 2, data.ndim - 1)
+    sides = chunks or tuple(int(min(max(max(data.chunks[ax]), 256), 2048)) for ax in spatial)
+    data = data.rechunk(
+        {
+            **{ax: 1 for ax in leading},
+            **({axis: -1} if axis is not None else {}),
+            **dict(zip(spatial, sides, strict=True)),
+        }
+    )
+    return data, axis, axes, scale
+
+
 def segment_chunked(
     model: Any,
     source: str | os.PathLike,
@@ -571,28 +604,8 @@ def segment_chunked(
     if margin < 1:
         raise ValueError(f"the labels margin must be >= 1, got {margin}")
     source, labels_path = Path(source), Path(labels_path)
-    image = open_chunked(source)
-    data, axes, scale = image.data, list(image.axes), list(image.scale)
-    if data.ndim < 2 or not np.issubdtype(data.dtype, np.number):
-        raise ValueError(f"expected a numeric (..., Y, X) array, got {data}")
-    axis = find_channel_axis(
-        data.shape, net.in_channels, image.channel_axis if channel_axis is None else channel_axis
-    )
-    if axis is not None:
-        data = move_channels(data, axis)
-        for names in (axes, scale):
-            names.insert(data.ndim - 3, names.pop(axis))
-        axis = data.ndim - 3
+    data, axis, axes, scale = _chunked_input(open_chunked(source), net, channel_axis, chunks)
     leading = [a for a in range(data.ndim - 2) if a != axis]
-    spatial = (data.ndim - 2, data.ndim - 1)
-    sides = chunks or tuple(int(min(max(max(data.chunks[ax]), 256), 2048)) for ax in spatial)
-    data = data.rechunk(
-        {
-            **{ax: 1 for ax in leading},
-            **({axis: -1} if axis is not None else {}),
-            **dict(zip(spatial, sides, strict=True)),
-        }
-    )
     probs = predict_dask(
         net,
         normalization.apply_dask(data, channel_axis=axis),

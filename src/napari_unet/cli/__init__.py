@@ -23,12 +23,19 @@ code  meaning
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Sequence
 
 from .. import __version__
-from ..errors import EXIT_INTERRUPTED, InputError, NapariUnetError, OutputError, UsageError
+from ..errors import NapariUnetError
+from ._errors import (
+    EXIT_ERROR,
+    EXIT_INPUT,
+    EXIT_INTERRUPTED,
+    EXIT_OUTPUT,
+    EXIT_USAGE,
+    CommandError,
+)
 
 __all__ = [
     "COMMANDS",
@@ -42,30 +49,8 @@ __all__ = [
     "main",
 ]
 
-EXIT_ERROR = 1
-EXIT_USAGE = UsageError.exit_code
-EXIT_INPUT = InputError.exit_code
-EXIT_OUTPUT = OutputError.exit_code
-
 #: The commands, in the order ``--help`` lists them (module names in this package).
 COMMANDS = ("train", "predict", "evaluate", "info", "export", "demo")
-
-
-class CommandError(Exception):
-    """A user-facing error: printed as ``napari-unet CMD: error: MESSAGE``.
-
-    Parameters
-    ----------
-    message : str
-        Names the file or option, the problem and the fix.
-    code : int
-        The exit code: :data:`EXIT_USAGE`, :data:`EXIT_INPUT` (default) or
-        :data:`EXIT_OUTPUT`.
-    """
-
-    def __init__(self, message: str, *, code: int = EXIT_INPUT) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,9 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
+    from . import demo, evaluate, export, info, predict, train
+
+    modules = {"train": train, "predict": predict, "evaluate": evaluate, "info": info}
+    modules.update(export=export, demo=demo)
     for name in COMMANDS:
-        module = importlib.import_module(f"{__name__}.{name}")
-        module.add_parser(subparsers, parents=[common])
+        modules[name].add_parser(subparsers, parents=[common])
     return parser
 
 

@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from . import EXIT_OUTPUT, CommandError
+from ._errors import EXIT_OUTPUT, CommandError
 
 
 def add_parser(subparsers: Any, parents: list) -> None:

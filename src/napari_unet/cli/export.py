@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from . import EXIT_OUTPUT, EXIT_USAGE, CommandError
+from ._errors import EXIT_OUTPUT, EXIT_USAGE, CommandError
 
 
 def add_parser(subparsers: Any, parents: list) -> None:

@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from ..io import load_model
     from ..model_info import describe_model
     from ..pretrained import resolve_model
-    from . import CommandError
+    from ._errors import CommandError
 
     try:
         # Loading (not only reading the header) checks that the weights fit the architecture.

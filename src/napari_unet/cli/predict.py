@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from . import EXIT_USAGE, CommandError
+from ._errors import EXIT_USAGE, CommandError
 from ._progress import ProgressBar, dask_bar
 
 # TIFFs larger than this (decoded) are predicted chunk by chunk.

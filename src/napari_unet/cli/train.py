@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import NapariUnetError
-from . import EXIT_INTERRUPTED, EXIT_OUTPUT, EXIT_USAGE, CommandError
+from ._errors import EXIT_INTERRUPTED, EXIT_OUTPUT, EXIT_USAGE, CommandError
 from ._progress import ProgressBar
 
 
@@ -33,6 +33,13 @@ def add_parser(subparsers: Any, parents: list) -> None:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    _add_data_arguments(parser)
+    _add_model_arguments(parser)
+    _add_training_arguments(parser)
+    parser.set_defaults(run=run)
+
+
+def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
     data = parser.add_argument_group("data")
     data.add_argument("--images", required=True, metavar="DIR", help="training images")
     data.add_argument("--labels", required=True, metavar="DIR", help="instance label images")
@@ -57,6 +64,9 @@ def add_parser(subparsers: Any, parents: list) -> None:
     out = parser.add_argument_group("output")
     out.add_argument("--out", required=True, metavar="MODEL", help="model file (.safetensors)")
     out.add_argument("--overwrite", action="store_true", help="replace existing model files")
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     arch = parser.add_argument_group("model (ignored with --resume)")
     # Checked when the model is built, so that --help does not import PyTorch.
     arch.add_argument(
@@ -87,6 +97,9 @@ def add_parser(subparsers: Any, parents: list) -> None:
         choices=(2, 3),
         help="3: background, cell, separating border (default); 2: background, cell",
     )
+
+
+def _add_training_arguments(parser: argparse.ArgumentParser) -> None:
     opt = parser.add_argument_group("training")
     opt.add_argument("--iterations", type=int, default=1000, metavar="N")
     opt.add_argument("--tile", type=int, metavar="N", help="input tile side (default 572)")
@@ -127,7 +140,6 @@ def add_parser(subparsers: Any, parents: list) -> None:
         "--nproc_per_node N -m napari_unet.cli train ... --distributed); --batch-size is "
         "the global batch, split across them; only rank 0 prints and writes files",
     )
-    parser.set_defaults(run=run)
 
 
 def _check_distributed(args: argparse.Namespace) -> bool:

@@ -1,4 +1,4 @@
-"""Reading and writing files: images for the command line, and model files.
+"""Reading and writing image files: whole images, label images, and chunked stores.
 
 Image I/O: TIFF goes through tifffile (any dtype, any number of axes, stacks);
 PNG, JPEG, BMP and GIF go through imageio (2D, uint8/uint16). Nothing here
@@ -19,16 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._modelfile import (
-    ModelFileError,
-    load_checkpoint,
-    load_model,
-    read_metadata,
-    save_model,
-)
-from .errors import InputError
-from .outputs import atomic_path
-from .pretrained import list_pretrained, load_pretrained
+from ..errors import InputError
+from ..outputs import atomic_path
 
 if TYPE_CHECKING:
     import dask.array
@@ -37,22 +29,15 @@ if TYPE_CHECKING:
 __all__ = [
     "IMAGE_SUFFIXES",
     "ChunkedImage",
-    "ModelFileError",
     "create_ome_zarr",
     "files_by_stem",
     "is_colour_file",
     "is_zarr",
     "list_images",
-    "list_pretrained",
-    "load_checkpoint",
-    "load_model",
-    "load_pretrained",
     "open_chunked",
     "pair_by_stem",
     "read_image",
     "read_labels",
-    "read_metadata",
-    "save_model",
     "write_image",
 ]
 
@@ -685,11 +670,3 @@ class _TiffReader:
                 rows = np.fromfile(handle, dtype=self._stored, count=(y1 - y0) * width)
                 out[index] = rows.reshape(y1 - y0, width)[:, x0:x1]
         return out
-
-
-# ---------------------------------------------------------------------------
-# Models: one safetensors file with the weights and JSON metadata; loading
-# never unpickles (see napari_unet._modelfile).
-# ---------------------------------------------------------------------------
-
-# ``save_model``, ``load_model`` and friends are imported at the top.
