@@ -11,6 +11,8 @@ and :func:`create_ome_zarr` makes an OME-Zarr image to store one into.
 
 from __future__ import annotations
 
+import json
+import math
 import struct
 import warnings
 from collections.abc import Sequence
@@ -102,9 +104,7 @@ def read_image(path: str | Path) -> np.ndarray:
             # the checks below say what is wrong instead.
             warnings.simplefilter("ignore")
             if suffix in _TIFF_SUFFIXES:
-                import tifffile
-
-                image = np.asarray(tifffile.imread(path))
+                image = _read_tiff(path)
             else:
                 import imageio.v3 as iio
 
@@ -126,6 +126,24 @@ def read_image(path: str | Path) -> np.ndarray:
             path=path,
         )
     return image
+
+
+def _read_tiff(path: Path) -> np.ndarray:
+    import tifffile
+
+    try:
+        return np.asarray(tifffile.imread(path))
+    except IndexError:
+        # tifffile cannot rebuild the series of a file it wrote with only axes
+        # of length 1 (e.g. (1, 1, 1, 1, 1)); read the pages and apply the
+        # shape stored in the file's description.
+        with tifffile.TiffFile(path, is_shaped=False) as tif:
+            data = tif.asarray()
+            description = tif.pages.first.description or ""
+        shape = json.loads(description).get("shape") if description.startswith("{") else None
+        if shape is None or math.prod(shape) != data.size:
+            raise
+        return data.reshape(shape)
 
 
 def write_image(path: str | Path, array: np.ndarray, *, overwrite: bool = True) -> None:
@@ -169,8 +187,11 @@ def write_image(path: str | Path, array: np.ndarray, *, overwrite: bool = True) 
     if not path.parent.is_dir():
         raise FileNotFoundError(f"cannot write {path}: folder {path.parent} does not exist")
     suffix = _suffix(path)
-    if array.size == 0:
-        raise ValueError(f"`array` of shape {array.shape} is empty: nothing to write to {path}")
+    if array.size == 0 or array.ndim < 2:
+        raise ValueError(
+            f"`array` of shape {array.shape} is not an image (empty, or fewer than 2 axes): "
+            f"nothing to write to {path}"
+        )
     if suffix in _TIFF_SUFFIXES:
         import tifffile
 
