@@ -1116,7 +1116,8 @@ class _Package:
 
 
 def _file_entry(rdf: Mapping[str, Any], name: str) -> Mapping[str, Any] | None:
-    for entry in rdf.get("attachments") or []:
+    attachments = rdf.get("attachments")
+    for entry in attachments if isinstance(attachments, list) else []:
         if isinstance(entry, Mapping) and entry.get("source") == name:
             return entry
     return None
@@ -1200,7 +1201,8 @@ def _our_config(path: Path, rdf: Mapping[str, Any]) -> tuple[Mapping[str, Any], 
     config = rdf.get("config") if isinstance(rdf.get("config"), Mapping) else {}
     ours = config.get(CONFIG_KEY)
     if not isinstance(ours, Mapping) or not isinstance(ours.get("metadata"), Mapping):
-        formats = ", ".join(sorted(rdf.get("weights") or {})) or "none"
+        weights = rdf.get("weights") if isinstance(rdf.get("weights"), Mapping) else {}
+        formats = ", ".join(sorted(map(str, weights))) or "none"
         raise ModelFileError(
             f"{path} is a bioimage.io {rdf.get('type', 'resource')} "
             f"({rdf.get('name', 'unnamed')!r}) but was not exported by napari-unet: its "
@@ -1232,7 +1234,8 @@ def _model_from_safetensors(path: Path, data: bytes, device: Any) -> nn.Module:
 def _model_from_state_dict(
     path: Path, package: _Package, rdf: Mapping[str, Any], document: Mapping[str, Any], device: Any
 ) -> nn.Module:
-    entry = (rdf.get("weights") or {}).get("pytorch_state_dict")
+    weights = rdf.get("weights") if isinstance(rdf.get("weights"), Mapping) else {}
+    entry = weights.get("pytorch_state_dict")
     if not isinstance(entry, Mapping) or not isinstance(entry.get("source"), str):
         raise ModelFileError(
             f"{path} has neither a {_MODEL_FILE} attachment nor pytorch_state_dict weights"

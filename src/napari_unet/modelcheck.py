@@ -309,12 +309,14 @@ def _check_normalization(source: object, value: Any, in_channels: Any) -> None:
 
 def _check_postprocessing(source: object, key: str, value: Any) -> None:
     post = _mapping(source, key, value)
-    if "threshold" in post and post["threshold"] is not None:
+    if "threshold" in post:
         t = post["threshold"]
         if not _is_number(t) or not 0.0 < t < 1.0:
             raise _fail(source, f"{key}.threshold", t, "a number in (0, 1)")
     if "method" in post:
         _typed(source, f"{key}.method", post["method"], (str,), "a string")
+    if post.get("level") is not None:
+        _int(source, f"{key}.level", post["level"], 1)
 
 
 _TRAINING_TYPES: dict[str, tuple[tuple, str]] = {
@@ -543,8 +545,8 @@ def check_zip_members(archive: zipfile.ZipFile, *, source: object, max_total: in
             raise ModelFileError(
                 f"{source}: member {info.filename!r} expands from {_bytes(info.compress_size)} "
                 f"to {_bytes(info.file_size)} ({info.file_size / max(info.compress_size, 1):.0f}"
-                f" times; model weights hardly compress): refusing a likely zip bomb. "
-                "Nothing was read"
+                " times; a model package's files never compress that well): refusing a likely "
+                "zip bomb. Nothing was read"
             )
     if total > max_total:
         raise ModelFileError(

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from .modelcheck import ModelFileError, _fail, _is_int
 
@@ -81,7 +82,7 @@ def check_tensor_table(
             if key not in entry:
                 raise ModelFileError(f"{source} is corrupt: {where} has no {key!r}")
         dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-        if dtype not in _DTYPE_BYTES:
+        if not isinstance(dtype, str) or dtype not in _DTYPE_BYTES:
             raise _fail(source, f"{where} dtype", dtype, f"one of {', '.join(_DTYPE_BYTES)}")
         if not isinstance(shape, list) or not all(_is_int(n) and n >= 0 for n in shape):
             raise _fail(source, f"{where} shape", shape, "a list of non-negative integers")
@@ -121,13 +122,32 @@ def check_tensor_table(
     return table
 
 
+class _SkipInit(TorchFunctionMode):
+    """Weight initialisation as a no-op: on the meta device there is nothing to fill.
+
+    Without it, the first ``normal_`` on a meta tensor costs seconds (PyTorch
+    decomposes it through its reference implementations).
+    """
+
+    _INIT = frozenset(
+        {getattr(nn.init, n) for n in dir(nn.init) if n.endswith("_") and not n.startswith("_")}
+        | {torch.Tensor.normal_, torch.Tensor.uniform_, torch.Tensor.fill_, torch.Tensor.zero_}
+    )
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in self._INIT:
+            return args[0] if args else kwargs.get("tensor")
+        return func(*args, **kwargs)
+
+
 def expected_tensors(cls: type[nn.Module], arguments: Mapping[str, Any]) -> nn.Module:
     """The architecture built on PyTorch's ``meta`` device: shapes only, no memory.
 
-    Only call this after :func:`check_budget`: construction time still grows
-    with the number of layers.
+    Only call this after :func:`~napari_unet.modelcheck.check_budget`:
+    construction time still grows with the number of layers.
     """
-    with torch.device("meta"):
+    with torch.device("meta"), _SkipInit():
         return cls(**dict(arguments))
 
 
