@@ -30,13 +30,8 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from napari_unet import _modelfile  # noqa: E402
-from napari_unet._modelfile import (  # noqa: E402
-    ModelFileError,
-    load_checkpoint,
-    load_model,
-    read_metadata,
-    save_model,
-)
+from napari_unet._modelfile import ModelFileError, load_checkpoint, save_model  # noqa: E402
+from napari_unet.io import load_model, read_metadata  # noqa: E402  (files and packages)
 from napari_unet.modelcheck import validate_metadata  # noqa: E402
 from napari_unet.models import UNet  # noqa: E402
 from napari_unet.normalize import Normalization  # noqa: E402
