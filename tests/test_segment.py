@@ -153,6 +153,10 @@ def test_settings_come_from_the_model_and_cancel_stops(grey):
     assert SegmentConfig.from_metadata(meta).threshold == 0.7
     assert SegmentConfig.from_metadata(meta, threshold=0.4).threshold == 0.4
     assert SegmentConfig.from_metadata({}).threshold == 0.5
+    # The bundled em-membranes model's cells are 4-connected components (its card says so).
+    card = {"pretrained": {"postprocessing": {"threshold": 0.3, "method": "components"}}}
+    assert SegmentConfig.from_metadata(card).postprocess == {"method": "components"}
+    assert SegmentConfig.from_metadata(card, postprocess={}).postprocess == {}
     with pytest.raises(ValueError, match="threshold"):
         SegmentConfig(threshold=1.5)
     events = []

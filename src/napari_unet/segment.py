@@ -37,7 +37,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Generator, Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -69,6 +69,17 @@ __all__ = [
 LAZY_ID_STRIDE = 2**16
 
 
+#: The post-processing keywords a model file may recommend (besides the threshold).
+_POSTPROCESS_KEYS = (
+    "method",
+    "seed_threshold",
+    "min_size",
+    "min_seed_size",
+    "split_depth",
+    "fill_holes",
+)
+
+
 @dataclass(frozen=True)
 class SegmentConfig:
     """Settings of a segmentation run (the same for every front end).
@@ -98,8 +109,10 @@ class SegmentConfig:
         ``"auto"``, ``"fp32"``, ``"bf16"`` or ``"fp16"``.
     probabilities : bool
         Keep the probabilities in the result (else None, freeing memory).
-    postprocess : mapping
+    postprocess : mapping, optional
         Further keywords of :func:`~napari_unet.postprocess.probabilities_to_labels`
+        (``method``, ``min_size``, ``seed_threshold``, ...); None: the model's
+        recommendation (bundled models store one), else the defaults.
         (``method``, ``min_size``, ``seed_threshold``, ...).
     """
 
@@ -112,7 +125,7 @@ class SegmentConfig:
     backend: str = "auto"
     precision: str = "auto"
     probabilities: bool = True
-    postprocess: Mapping[str, Any] = field(default_factory=dict)
+    postprocess: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.tile is not None and (isinstance(self.tile, bool) or self.tile < 1):
@@ -121,7 +134,7 @@ class SegmentConfig:
             raise ValueError(f"`batch_size` must be >= 1, got {self.batch_size!r}")
         if self.threshold is not None and not 0.0 < self.threshold < 1.0:
             raise ValueError(f"`threshold` must be in (0, 1), got {self.threshold}")
-        if "threshold" in self.postprocess or "spatial_dims" in self.postprocess:
+        if {"threshold", "spatial_dims"} & set(self.postprocess or {}):
             raise ValueError("`postprocess` must not set `threshold` or `spatial_dims`")
 
     @classmethod
@@ -133,14 +146,15 @@ class SegmentConfig:
         metadata : mapping
             A model file's metadata (:func:`napari_unet.io.load_model`).
         **settings
-            Fields of :class:`SegmentConfig`; a ``threshold`` of None is
-            replaced by the model's recommended threshold, and an unset
+            Fields of :class:`SegmentConfig`; a ``threshold`` or
+            ``postprocess`` of None is replaced by the model's recommendation
+            (``metadata["pretrained"]["postprocessing"]``), and an unset
             ``level`` by the model's recommended pruning level, if any.
         """
         return cls(**settings).resolve(metadata)
 
     def resolve(self, metadata: Mapping[str, Any]) -> SegmentConfig:
-        """A copy with ``threshold`` (if None) taken from the model's recommendation."""
+        """A copy with the unset settings taken from the model's recommendation."""
         from .pretrained import recommended_threshold
 
         card = (metadata.get("pretrained") or {}).get("postprocessing") or {}
@@ -149,6 +163,9 @@ class SegmentConfig:
             changes["threshold"] = recommended_threshold(dict(metadata))
         if self.level is None and card.get("level") is not None:
             changes["level"] = int(card["level"])
+        if self.postprocess is None:
+            # e.g. em-membranes: cells are the 4-connected components ("method": "components").
+            changes["postprocess"] = {k: card[k] for k in _POSTPROCESS_KEYS if k in card}
         return replace(self, **changes) if changes else self
 
 
@@ -251,7 +268,7 @@ def _labels_of_plane(probs: np.ndarray, config: SegmentConfig) -> np.ndarray:
     from .postprocess import probabilities_to_labels
 
     return probabilities_to_labels(
-        probs, threshold=config.threshold, spatial_dims=2, **dict(config.postprocess)
+        probs, threshold=config.threshold, spatial_dims=2, **dict(config.postprocess or {})
     )
 
 
@@ -653,7 +670,7 @@ def segment_chunked(
                 spatial_dims=2,
                 threshold=config.threshold,
                 compute_lookup=True,
-                **dict(config.postprocess),
+                **dict(config.postprocess or {}),
             )
             target = create_ome_zarr(
                 labels_tmp,
