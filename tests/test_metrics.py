@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import time
 
 import numpy as np
 import pytest
@@ -493,8 +492,9 @@ def test_instance_metrics_are_invariant_to_label_values():
     assert metrics.seg_score(true, big) == metrics.seg_score(true, pred)
 
 
-def test_instance_metrics_are_fast_with_hundreds_of_objects():
-    # 400 nuclei on 512 x 512 (DSB 2018 images have up to 375)
+def test_instance_metrics_with_hundreds_of_objects():
+    # 400 nuclei on 512 x 512 (DSB 2018 images have up to 375); the time it takes is
+    # measured in benchmarks/bench_metrics.py, not bounded here.
     rng = np.random.default_rng(13)
     disk = np.add.outer(np.arange(-9, 10) ** 2, np.arange(-9, 10) ** 2) < 100
     true = np.zeros((512, 512), np.int32)
@@ -504,12 +504,9 @@ def test_instance_metrics_are_fast_with_hundreds_of_objects():
         window = true[cy - 9 : cy + 10, cx - 9 : cx + 10]
         window[disk] = k
     pred = np.roll(true, 1, axis=0)
-    start = time.perf_counter()
     ap = metrics.average_precision(true, pred)
     seg = metrics.seg_score(true, pred)
-    elapsed = time.perf_counter() - start
     assert ap["tp"][0] == 400 and seg > 0.8
-    assert elapsed < 1.0
 
 
 def test_instance_metrics_on_dsb_labels(dsb2018):

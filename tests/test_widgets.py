@@ -6,7 +6,6 @@ otherwise the process aborts after pytest has printed its summary.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -250,18 +249,18 @@ def test_weight_map_preview_follows_painting(make_napari_viewer, qtbot):
     data[5, 60:100, 60:100] = 0
     labels.data = data
     assert weights.updates == before  # not yet: the timer is running
-    qtbot.waitUntil(lambda: weights.updates == before + 1, timeout=3000)
+    qtbot.waitUntil(lambda: weights.updates == before + 1, timeout=WORKER_TIMEOUT_MS)
     np.testing.assert_allclose(preview.data, weight_map(data[5]), rtol=1e-6)
 
     # Settings change the map and are shared with Train.
     weights._w0.value = 0.0
-    qtbot.waitUntil(lambda: weights.updates == before + 2, timeout=3000)
+    qtbot.waitUntil(lambda: weights.updates == before + 2, timeout=WORKER_TIMEOUT_MS)
     assert preview.data.max() < 4
     assert weights._session.weights.w0 == 0.0
 
     # Moving to another plane recomputes it.
     viewer.dims.set_current_step(0, 0)
-    qtbot.waitUntil(lambda: weights.updates == before + 3, timeout=3000)
+    qtbot.waitUntil(lambda: weights.updates == before + 3, timeout=WORKER_TIMEOUT_MS)
     assert "plane 0" in weights._info.value
     _wait_idle(qtbot, weights)
 
@@ -279,7 +278,7 @@ def test_weight_map_runs_in_a_worker_and_drops_stale_previews(make_napari_viewer
     assert weights._labels.value is None and len(viewer.layers) == 1 and weights.updates == 0
 
     weights._labels.value = layer
-    qtbot.waitUntil(lambda: weights.updates == 1, timeout=5000)
+    qtbot.waitUntil(lambda: weights.updates == 1, timeout=WORKER_TIMEOUT_MS)
     _wait_idle(qtbot, weights)
     # Start a computation, then paint before it returns: its result is stale and dropped;
     # the preview that follows shows the painted labels.
@@ -287,7 +286,7 @@ def test_weight_map_runs_in_a_worker_and_drops_stale_previews(make_napari_viewer
     painted = labels.copy()
     painted[:40, :40] = 0
     layer.data = painted
-    qtbot.waitUntil(lambda: weights.updates == 2, timeout=5000)
+    qtbot.waitUntil(lambda: weights.updates == 2, timeout=WORKER_TIMEOUT_MS)
     _wait_idle(qtbot, weights)
     qtbot.wait(400)  # nothing else is pending
     assert weights.updates == 2
@@ -330,7 +329,8 @@ def test_predict_stack_alignment_and_cancel(make_napari_viewer, qtbot, tiny_mode
     n_layers = len(viewer.layers)
     predict._tta.value = True
     predict.start()
-    qtbot.waitUntil(lambda: predict._progress.value > 0, timeout=20_000)
+    qtbot.waitUntil(lambda: predict._progress.value > 0, timeout=WORKER_TIMEOUT_MS)
+    # How soon Cancel takes effect is measured in benchmarks/bench_stop_cancel.py, not bounded.
     predict.cancel()
     _wait_idle(qtbot, predict)
     assert len(viewer.layers) == n_layers
@@ -542,26 +542,23 @@ def test_end_to_end_annotate_weights_train_predict(make_napari_viewer, qtbot, tm
     np.testing.assert_array_equal(out.scale, (2.0, 1.0, 1.0))
 
 
-def _probe_event_loop(qtbot, until, timeout_s=60.0, interval_ms=10):
-    """Largest delay (s) of a 10 ms QTimer beyond its interval while ``until()`` is False."""
+def _count_event_loop_ticks(qtbot, until, interval_ms=10) -> int:
+    """How many times a 10 ms QTimer fired in the GUI thread until ``until(ticks)`` held."""
     from qtpy.QtCore import QTimer
 
-    delays = []
-    last = [time.perf_counter()]
+    ticks = [0]
 
     def tick():
-        now = time.perf_counter()
-        delays.append(now - last[0] - interval_ms / 1000)
-        last[0] = now
+        ticks[0] += 1
 
     timer = QTimer()
     timer.timeout.connect(tick)
     timer.start(interval_ms)
     try:
-        qtbot.waitUntil(until, timeout=int(timeout_s * 1000))
+        qtbot.waitUntil(lambda: until(ticks[0]), timeout=WORKER_TIMEOUT_MS)
     finally:
         timer.stop()
-    return max(delays) if delays else float("nan"), len(delays)
+    return ticks[0]
 
 
 def test_stop_keeps_last_model_and_gui_stays_responsive(make_napari_viewer, qtbot, tmp_path):
@@ -573,13 +570,11 @@ def test_stop_keeps_last_model_and_gui_stays_responsive(make_napari_viewer, qtbo
     predict = _dock(viewer, "Predict")
     _tiny_training(train, tmp_path, iterations=100_000)
     train.start()
-    # The event loop keeps running while training: measure its largest delay.
-    begun = time.perf_counter()
-    _, ticks = _probe_event_loop(
-        qtbot, lambda: len(train._losses) >= 20 and time.perf_counter() - begun > 1.0
-    )
-    # The event loop kept running (how long it stalls is measured in benchmarks/bench_gui.py).
-    assert ticks > 10
+    # The event loop keeps running while training: a GUI timer fires again and again and
+    # the loss curve grows, with the worker still busy. (How long the event loop stalls, and
+    # how soon Stop takes effect, are measured in benchmarks/, not bounded here.)
+    ticks = _count_event_loop_ticks(qtbot, lambda t: len(train._losses) >= 20 and t >= 20)
+    assert ticks >= 20 and train.worker is not None
     train.stop()
     _wait_idle(qtbot, train)
     result = train.result
@@ -595,29 +590,35 @@ def test_stop_keeps_last_model_and_gui_stays_responsive(make_napari_viewer, qtbo
     assert f"cells (this session, stopped at iteration {result.iterations})" in listed
 
 
-def test_closing_the_dock_stops_training(make_napari_viewer, qtbot, tmp_path):
+def test_closing_the_dock_stops_training(make_napari_viewer, qtbot, tmp_path, monkeypatch):
+    # Closing waits at most CLOSE_WAIT_S for the save; a loaded machine may need longer.
+    monkeypatch.setattr("napari_unet._widgets.train.CLOSE_WAIT_S", WORKER_TIMEOUT_MS / 1000)
     viewer = make_napari_viewer()
     _add_layers(viewer, make_cells_2d())
     _dock(viewer, "Annotate cells").add_to_training_set()
     train = _dock(viewer, "Train")
     _tiny_training(train, tmp_path, iterations=100_000)
     train.start()
-    qtbot.waitUntil(lambda: len(train._losses) >= 2, timeout=30_000)
+    qtbot.waitUntil(lambda: len(train._losses) >= 2, timeout=WORKER_TIMEOUT_MS)
     viewer.window.remove_dock_widget(train.native)
     assert train._stop.is_set()
-    assert train._done.wait(5.0)
-    _wait_idle(qtbot, train, timeout=5000)
+    qtbot.waitUntil(train._done.is_set, timeout=WORKER_TIMEOUT_MS)
+    _wait_idle(qtbot, train)
     assert train.result.cancelled
 
 
-def test_closing_the_viewer_stops_training_and_saves(make_napari_viewer, qtbot, tmp_path):
+def test_closing_the_viewer_stops_training_and_saves(
+    make_napari_viewer, qtbot, tmp_path, monkeypatch
+):
+    # Closing waits at most CLOSE_WAIT_S for the save; a loaded machine may need longer.
+    monkeypatch.setattr("napari_unet._widgets.train.CLOSE_WAIT_S", WORKER_TIMEOUT_MS / 1000)
     viewer = make_napari_viewer()
     _add_layers(viewer, make_cells_2d())
     _dock(viewer, "Annotate cells").add_to_training_set()
     train = _dock(viewer, "Train")
     _tiny_training(train, tmp_path, iterations=100_000)
     train.start()
-    qtbot.waitUntil(lambda: len(train._losses) >= 2, timeout=30_000)
+    qtbot.waitUntil(lambda: len(train._losses) >= 2, timeout=WORKER_TIMEOUT_MS)
     done = train._done
     viewer.close()
     # Closing waits (at most CLOSE_WAIT_S) for the engine to save and return.
