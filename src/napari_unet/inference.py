@@ -205,7 +205,7 @@ class OnnxRuntimeBackend:
         if not _onnxruntime_available():
             raise ImportError(
                 "backend 'onnxruntime' needs onnxruntime and onnx; "
-                "install them with: pip install 'napari-unet[export]'"
+                "install them with: pip install 'napari-unet-cells[export]'"
             )
         self.device = device
         self.session = _session(cache_onnx(model), device)
