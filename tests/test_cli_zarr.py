@@ -71,6 +71,7 @@ def _predict(root, source, out, *extra):
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_zarr_and_large_tiff_paths_equal_the_in_memory_prediction(setup, tmp_path):
     root, ref_labels, ref_probs = setup
     # OME-Zarr in, OME-Zarr out (--out NAME.zarr).
@@ -100,6 +101,7 @@ def test_zarr_and_large_tiff_paths_equal_the_in_memory_prediction(setup, tmp_pat
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["probabilities", "stack.zarr"]
 
 
+@pytest.mark.slow
 def test_scheduler_address_of_a_local_cluster(setup, tmp_path):
     distributed = pytest.importorskip("distributed")
     root, ref_labels, _ = setup

@@ -78,6 +78,7 @@ class _CountingUNet(UNet):
             f.write("x")
 
 
+@pytest.mark.slow
 def test_local_cluster_of_two_processes_gets_the_model_once_per_worker(tmp_path):
     distributed = pytest.importorskip("distributed")
     torch.manual_seed(0)
