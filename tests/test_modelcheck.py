@@ -278,6 +278,14 @@ def test_known_optional_keys_and_extensions_round_trip(tmp_path):
     assert {k: stored[k] for k in meta} == meta
 
 
+def test_nan_scores_in_the_training_record_are_kept(tmp_path):
+    # A validation score can be NaN; refusing it would make training fail at its first save.
+    best = {"iteration": 2, "monitor": "val_loss", "value": float("nan"),
+            "metrics": {"val_loss": float("nan"), "rand_error": None}}  # fmt: skip
+    path = save_model(_tiny(), tmp_path / "m.safetensors", metadata={"training": {"best": best}})
+    assert np.isnan(load_model(path)[1]["training"]["best"]["metrics"]["val_loss"])
+
+
 def test_save_refuses_metadata_it_could_not_load(tmp_path):
     with pytest.raises(ValueError, match=r"schema.*classes"):
         save_model(_tiny(), tmp_path / "m.safetensors", metadata={"classes": [1, 2, 3]})

@@ -360,8 +360,9 @@ def _check_training(source: object, value: Any) -> None:
         _int(source, "training.best.iteration", best.get("iteration"), 0)
         metrics = _mapping(source, "training.best.metrics", best.get("metrics"), optional=False)
         for name, v in metrics.items():
-            if not _is_number(v):
-                raise _fail(source, f"training.best.metrics.{name}", v, "a finite number")
+            # NaN is a possible score (a validation image without objects): kept, not refused.
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+                raise _fail(source, f"training.best.metrics.{name}", v, "a number or null")
 
 
 def _check_pretrained(source: object, value: Any) -> None:
