@@ -49,6 +49,52 @@ def _shoot(viewer, path: Path) -> None:
     print(f"wrote {path}")
 
 
+def _front(widget) -> None:
+    """Bring a step's tab (in the U-Net dock) to the front."""
+    from qtpy.QtWidgets import QTabWidget
+
+    page, parent = widget.native, widget.native.parentWidget()
+    while parent is not None and not isinstance(parent, QTabWidget):
+        parent = parent.parentWidget()
+    if parent is not None:
+        parent.setCurrentWidget(page)
+    _settle(0.2)
+
+
+def screen_sizes(out: Path, iterations: int = 30) -> None:
+    """The U-Net dock on a laptop (1366 x 768) and a desktop (1920 x 1080) screen.
+
+    Writes ``dock_<W>x<H>_train.png`` (mid-training, with the loss curve) and
+    ``dock_<W>x<H>_predict.png`` (after predicting the 2D sample).
+    """
+    import napari
+
+    from napari_unet._widgets._demo import setup_demo
+
+    out.mkdir(parents=True, exist_ok=True)
+    for size in ((1366, 768), (1920, 1080)):
+        viewer = napari.Viewer(title="napari-unet")
+        viewer.window._qt_window.resize(*size)
+        widgets = setup_demo(viewer, stack=False)
+        train, predict = widgets["Train"], widgets["Predict"]
+        _front(train)
+        train._iterations.value = 100_000
+        train._out_dir.value = Path(tempfile.mkdtemp(prefix="napari-unet-shots-"))
+        train._device.value = "cpu"
+        train.start()
+        _wait(lambda train=train: len(train._losses) >= iterations)
+        _shoot(viewer, out / f"dock_{size[0]}x{size[1]}_train.png")
+        train.stop()
+        _wait(lambda train=train: train.worker is None)
+        _front(predict)
+        predict._image.value = viewer.layers["synthetic cells"]
+        predict.start()
+        _wait(lambda predict=predict: predict.worker is None)
+        _show_only(viewer, ("synthetic cells", "synthetic cells (predicted)"))
+        _shoot(viewer, out / f"dock_{size[0]}x{size[1]}_predict.png")
+        viewer.close()
+
+
 def _show_only(viewer, names: tuple[str, ...]) -> None:
     for layer in viewer.layers:
         layer.visible = layer.name in names
@@ -80,14 +126,7 @@ def _render(out: Path, iterations: int) -> None:
     annotate, weights, train, predict = widgets.values()
 
     def front(name: str) -> None:
-        """Bring the tab of a widget's dock to the front."""
-        from qtpy.QtWidgets import QDockWidget
-
-        widget = widgets[name].native
-        while widget is not None and not isinstance(widget, QDockWidget):
-            widget = widget.parentWidget()
-        widget.raise_()
-        _settle(0.2)
+        _front(widgets[name])
 
     # 1. Annotate: a new labels layer with a few painted cells and a finished region.
     front("Annotate cells")
@@ -134,8 +173,6 @@ def _render(out: Path, iterations: int) -> None:
     viewer.layers.selection.active = viewer.layers["synthetic cells ground truth"]
     train.start()
     _wait(lambda: len(train._losses) >= iterations // 2)
-    bar = train._scroll.verticalScrollBar()
-    bar.setValue(bar.maximum())  # the progress and the loss curve are at the bottom
     _shoot(viewer, out / "widget_train.png")
     _wait(lambda: train.worker is None)
     print(train._status.value)
@@ -170,5 +207,11 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=HERE / "images")
     parser.add_argument("--iterations", type=int, default=300)
+    parser.add_argument(
+        "--sizes", action="store_true", help="only the dock at 1366x768 and 1920x1080"
+    )
     args = parser.parse_args()
-    main(args.out, args.iterations)
+    if args.sizes:
+        screen_sizes(args.out)
+    else:
+        main(args.out, args.iterations)

@@ -85,6 +85,38 @@ def test_all_widgets_open_from_the_manifest(make_napari_viewer):
     assert _dock(other, "Train")._session is not widgets["Train"]._session
 
 
+def test_one_tabbed_dock_fits_a_1366x768_screen(make_napari_viewer, qtbot):
+    from qtpy.QtWidgets import QApplication
+
+    from napari_unet._widgets.dock import UNetDock
+
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1366, 768)
+    dock = _dock(viewer, "U-Net")
+    assert isinstance(dock, UNetDock)
+    tabs = dock.tabs
+    assert [tabs.tabText(i) for i in range(tabs.count())] == [
+        "Annotate",
+        "Weights",
+        "Train",
+        "Predict",
+    ]
+    assert dock.widgets["Train"]._session is dock.widgets["Predict"]._session
+    window = viewer.window._qt_window
+    for title, button in (("Train", "_start"), ("Predict", "_run")):
+        widget = dock.show_tab(title)
+        QApplication.processEvents()
+        native = getattr(widget, button).native
+        # Start / Predict and the progress bar are in view without scrolling.
+        for shown in (native, widget._progress.native):
+            assert shown.isVisible() and shown.height() >= 10
+            bottom = shown.mapTo(window, shown.rect().bottomLeft()).y()
+            assert bottom <= window.height()
+    train = dock.show_tab("Train")
+    QApplication.processEvents()
+    assert train.plot.isVisible() and train.plot.height() >= 140
+
+
 def test_annotate_new_layer_defaults_and_naming(make_napari_viewer):
     from napari_unet._widgets.annotate import NEW_CELL_KEY
 
@@ -491,6 +523,26 @@ def test_train_validates_before_starting(make_napari_viewer, errors, tmp_path):
     assert train.worker is None and train._start.enabled
 
 
+def test_train_presets_follow_the_device(make_napari_viewer):
+    import torch
+
+    viewer = make_napari_viewer()
+    train = _dock(viewer, "Train")
+    expected = "gpu" if torch.cuda.is_available() else "cpu"
+    assert train._preset.value == expected
+    train._preset.value = "cpu"
+    settings = (train._depth, train._base, train._tile, train._optimizer, train._iterations)
+    assert [w.value for w in settings] == [3, 16, 124, "adam", 300]
+    assert train._lr.value == pytest.approx(0.001)
+    cpu_text = train._estimate.value
+    assert cpu_text.startswith("Estimated training time: about")
+    train._device.value = "cpu"
+    train._preset.value = "gpu"
+    assert [w.value for w in settings] == [4, 64, 0, "sgd", 1000]
+    # The paper's network on this CPU: hours, and the estimate says so before Start.
+    assert " h on this CPU" in train._estimate.value
+
+
 def test_end_to_end_annotate_weights_train_predict(make_napari_viewer, qtbot, tmp_path):
     viewer = make_napari_viewer()
     _add_layers(viewer, make_cells_2d())
@@ -644,12 +696,16 @@ def test_predict_uses_the_bundled_nuclei_model_by_default(make_napari_viewer, qt
     # What the model is for and which checkpoint it is, not its depth and width.
     info = predict._model_info.value
     assert info.startswith("Fluorescence nuclei") and "depth" not in info
-    assert "best checkpoint, iteration 1200 of 1800" in info
+    assert "best checkpoint, iteration 1200 of 1800" in info.lower()
     assert predict._threshold.value == pytest.approx(0.8, abs=0.15)
     predict._image.value = image
     predict.start()
     _wait_idle(qtbot, predict)
-    result = viewer.layers[f"{image.name} cells (predicted)"]
+    from napari_unet._widgets._layers import result_name
+
+    # "DSB 2018 nuclei (predicted)", not "DSB 2018 nuclei cells (predicted)".
+    assert result_name(image.name) == f"{image.name} (predicted)"
+    result = viewer.layers[result_name(image.name)]
     found = len(np.unique(result.data)) - 1
     expected = len(np.unique(truth.data)) - 1
     assert abs(found - expected) <= 0.2 * expected

@@ -29,7 +29,7 @@ def setup_demo(viewer: Any, *, stack: bool = True, tabify: bool = True) -> dict[
     stack : bool, optional
         Also open the 3D sample (to try Predict on a stack).
     tabify : bool, optional
-        Dock the widgets as tabs (else one below the other).
+        One "U-Net" dock with the four steps as tabs (else four docks).
 
     Returns
     -------
@@ -39,15 +39,16 @@ def setup_demo(viewer: Any, *, stack: bool = True, tabify: bool = True) -> dict[
     layers = make_cells_2d() + (make_cells_3d() if stack else [])
     for data, kwargs, kind in layers:
         getattr(viewer, f"add_{kind}")(data, **kwargs)
-    widgets, docks = {}, {}
-    for name in WIDGETS:
-        docks[name], widgets[name] = viewer.window.add_plugin_dock_widget(
-            PLUGIN, name, tabify=tabify
-        )
-    # napari brings each new tab to the front once events are processed; then start with
-    # the first step, Annotate cells.
+    widgets = {}
+    if tabify:
+        # One "U-Net" dock with a tab per step (fits a 1366 x 768 screen).
+        _, dock = viewer.window.add_plugin_dock_widget(PLUGIN, "U-Net")
+        widgets = dict(zip(WIDGETS, dock.widgets.values(), strict=True))
+        dock.show_tab("Annotate")
+    else:
+        for name in WIDGETS:
+            _, widgets[name] = viewer.window.add_plugin_dock_widget(PLUGIN, name)
     QApplication.processEvents()
-    docks[WIDGETS[0]].raise_()
     annotate, weights, train, predict = (widgets[name] for name in WIDGETS)
     image = viewer.layers["synthetic cells"]
     truth = viewer.layers["synthetic cells ground truth"]
@@ -56,12 +57,8 @@ def setup_demo(viewer: Any, *, stack: bool = True, tabify: bool = True) -> dict[
     annotate.add_to_training_set()
     weights._labels.value = truth
     weights.update_preview(block=True)
-    train._depth.value = 3
-    train._base.value = 16
-    train._tile.value = 124
-    train._iterations.value = 300
-    # Adam reaches usable cells in a few hundred iterations; the paper's SGD needs more.
-    train._optimizer.value = "adam"
+    # The CPU preset: depth 3, 16 base channels, 124 px tiles, Adam, 300 iterations.
+    train._preset.value = "cpu"
     if stack:
         predict._image.value = viewer.layers["synthetic cell stack"]
     # Show the image and the annotation; the weight map is one click away.

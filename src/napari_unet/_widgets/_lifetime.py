@@ -14,7 +14,16 @@ from collections.abc import Callable
 from qtpy.QtCore import QEvent, QObject
 from qtpy.QtWidgets import QDockWidget, QWidget
 
-__all__ = ["report_error", "watch_close"]
+__all__ = ["JobError", "report_error", "watch_close"]
+
+
+class JobError(Exception):
+    """A RuntimeError raised in a worker's job (PyTorch's out-of-memory, for one), re-raised.
+
+    superqt's workers take a RuntimeError returned from the work for a deleted
+    Qt object: they only warn, never emit ``errored`` or ``finished``, and the
+    dock stayed "running" for good. The original is the ``__cause__``.
+    """
 
 
 def report_error(err: BaseException) -> None:

@@ -62,9 +62,11 @@ def describe_model(meta: dict[str, Any]) -> str:
     diameter = object_diameter(meta)
     if diameter is not None:
         parts.append(f"Objects about {diameter:.0f} px across.")
-    channels = int(meta.get("in_channels") or 1)
-    classes = _CLASSES.get(int(meta.get("num_classes") or 0), f"{meta.get('num_classes')} classes")
-    parts.append(f"{channels} channel{'s' if channels != 1 else ''} in; {classes}.")
+    if not pretrained.get("description"):  # a bundled model's description says this already
+        channels = int(meta.get("in_channels") or 1)
+        number = int(meta.get("num_classes") or 0)
+        classes = _CLASSES.get(number, f"{number} classes")
+        parts.append(f"{channels} channel{'s' if channels != 1 else ''} in; {classes}.")
     checkpoint = checkpoint_text(meta)
     if checkpoint:
         parts.append(checkpoint[0].upper() + checkpoint[1:] + ".")

@@ -160,7 +160,12 @@ class LinePlot(QWidget):
         font = QFont(painter.font())
         metrics = painter.fontMetrics()
         line = metrics.height()
-        left, right, top, bottom = 6 * metrics.averageCharWidth() + 8, 10, line + 8, 2 * line + 6
+        left, right, top, bottom = (
+            6 * metrics.averageCharWidth() + 8,
+            10,
+            2 * line + 10,
+            2 * line + 6,
+        )
         plot = QRectF(left, top, self.width() - left - right, self.height() - top - bottom)
         painter.setPen(foreground)
         painter.setFont(font)
@@ -248,15 +253,14 @@ class LinePlot(QWidget):
                 painter.drawPath(path)
         painter.setClipping(False)
 
-        # Legend, top right inside the axes.
+        # Legend in a row between the title and the axes: it never hides a point.
         named = [s for s in self._series.values() if s.x]
-        ly = plot.top() + 4
-        for series in named:
-            width = metrics.horizontalAdvance(series.name)
-            lx = plot.right() - width - 30
+        lx = plot.right()
+        ly = line + 4
+        for series in reversed(named):
+            lx -= metrics.horizontalAdvance(series.name) + 30
             painter.setPen(QPen(series.color, 2.5))
             painter.drawLine(QPointF(lx, ly + line / 2), QPointF(lx + 18, ly + line / 2))
             painter.setPen(foreground)
-            painter.drawText(QPointF(lx + 24, ly + metrics.ascent()), series.name)
-            ly += line
+            painter.drawText(QPointF(lx + 22, ly + metrics.ascent()), series.name)
         painter.end()

@@ -7,7 +7,15 @@ from collections.abc import Sequence
 from magicgui.widgets import ComboBox, Container, Label
 from magicgui.widgets.bases import Widget
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QComboBox, QFrame, QScrollArea, QSizePolicy
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFrame,
+    QScrollArea,
+    QSizePolicy,
+    QSplitter,
+    QVBoxLayout,
+    QWidget,
+)
 
 __all__ = ["ScrollDock", "heading"]
 
@@ -58,6 +66,35 @@ class ScrollDock(Container):
         self._body.native.layout().addStretch(1)
         bar = self._scroll.verticalScrollBar().sizeHint().width()
         self._scroll.setMinimumWidth(self._body.native.minimumSizeHint().width() + bar)
+
+    def set_footer(self, widgets: Sequence[Widget], stretch: QWidget | None = None) -> None:
+        """Widgets below the scrolling settings, always visible (Start, Stop, progress).
+
+        ``stretch`` (a plot) goes last and takes the height the dock has
+        left; a splitter between the settings and the footer lets the user
+        trade one for the other.
+        """
+        footer = Container(widgets=list(widgets), labels=False)
+        footer.margins = (4, 4, 4, 0)
+        _compact(footer)
+        self.append(footer)  # a magicgui child: reset_choices and iteration reach it
+        layout = self.native.layout()
+        layout.removeWidget(self._scroll)
+        layout.removeWidget(footer.native)
+        bottom = QWidget()
+        column = QVBoxLayout(bottom)
+        column.setContentsMargins(0, 0, 0, 0)
+        column.addWidget(footer.native)
+        if stretch is not None:
+            column.addWidget(stretch, 1)
+        splitter = QSplitter(Qt.Orientation.Vertical)
+        splitter.setChildrenCollapsible(False)
+        splitter.addWidget(self._scroll)
+        splitter.addWidget(bottom)
+        splitter.setStretchFactor(0, 3)
+        splitter.setStretchFactor(1, 2 if stretch is not None else 0)
+        layout.addWidget(splitter)
+        self._splitter = splitter
 
 
 def _group_forms(widgets: Sequence[Widget]) -> list[Widget]:

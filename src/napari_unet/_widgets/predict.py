@@ -38,10 +38,11 @@ from ._layers import (
     spatial_transform,
     unique_name,
 )
-from ._lifetime import report_error, watch_close
+from ._lifetime import JobError, report_error, watch_close
 from ._model_text import describe_model, technical_details
 from ._session import session_for
 from ._ui import ScrollDock
+from ._warmup import warm_up
 
 if TYPE_CHECKING:
     import napari
@@ -140,7 +141,10 @@ def layer_job(
             f"'{elide(name)}' contains NaN or infinite values. Replace them first, "
             "e.g. in the napari console: layer.data = np.nan_to_num(layer.data)."
         )
-    return (yield from predict_job(model_path, data, channel_axis=channel_axis, **options))
+    try:
+        return (yield from predict_job(model_path, data, channel_axis=channel_axis, **options))
+    except RuntimeError as err:
+        raise JobError(str(err)) from err
 
 
 class PredictWidget(ScrollDock):
@@ -154,6 +158,8 @@ class PredictWidget(ScrollDock):
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__()
         from ..devices import available_devices
+
+        warm_up("predict")  # first-use imports in the background (see _warmup)
 
         self._viewer = viewer
         self._session = session_for(viewer)
@@ -192,11 +198,9 @@ class PredictWidget(ScrollDock):
                 self._threshold,
                 self._probabilities,
                 self._device,
-                buttons,
-                self._progress,
-                self._status,
             ]
         )
+        self.set_footer([buttons, self._progress, self._status])
         self._progress.native.setFormat("")
         self._model.changed.connect(self._on_model_changed)
         self._model_file.changed.connect(self._on_model_changed)

@@ -21,7 +21,6 @@ from magicgui.widgets import (
     CheckBox,
     ComboBox,
     Container,
-    EmptyWidget,
     FileEdit,
     FloatSpinBox,
     Label,
@@ -32,14 +31,21 @@ from magicgui.widgets import (
 )
 from napari.qt.threading import GeneratorWorker, thread_worker
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtWidgets import QVBoxLayout
 
 from ..progress import Progress
 from ._layers import elide
-from ._lifetime import report_error, watch_close
+from ._lifetime import JobError, report_error, watch_close
 from ._plot import LinePlot
+from ._presets import (
+    PRESET_TEXT,
+    default_preset,
+    estimate_seconds,
+    has_cuda,
+    preset_values,
+)
 from ._session import TrainedModel, session_for
 from ._ui import ScrollDock
+from ._warmup import warm_up
 
 if TYPE_CHECKING:
     import napari
@@ -119,6 +125,8 @@ def train_job(
             cancel=stop.is_set,
             data_info=data_info,
         )
+    except RuntimeError as err:
+        raise JobError(str(err)) from err
     finally:
         done.set()
     return result
@@ -152,10 +160,9 @@ class TrainWidget(ScrollDock):
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__()
-        # Import the engine now, not in the worker at the first iteration: an import holds
-        # the GIL through long C-level steps (loading extension modules), which froze the
-        # GUI for up to 0.6 s at the start of every first run (measured on 2 cores).
-        from .. import augment, metrics, tiling, training  # noqa: F401
+        # The engine's first-use imports, in the background while the user reads the dock
+        # (see _warmup: in the worker after Start they stalled the GUI for up to 1 s).
+        warm_up("train")
         from ..devices import available_devices, describe_device, select_device
 
         self._viewer = viewer
@@ -198,6 +205,12 @@ class TrainWidget(ScrollDock):
             (describe_device(select_device(name)), name) for name in available_devices()
         ]
         self._device = ComboBox(label="device", choices=devices, value="auto")
+        self._preset = ComboBox(
+            label="preset",
+            choices=[(PRESET_TEXT[name], name) for name in PRESET_TEXT],
+            value=default_preset(),
+        )
+        self._estimate = Label(value="")
         self._weights_info = Label(value="")
         self._out_dir = FileEdit(label="output folder", mode="d", value=DEFAULT_OUT)
         self._name = LineEdit(label="model name", value="cells")
@@ -213,14 +226,6 @@ class TrainWidget(ScrollDock):
         self.plot.add_series("loss", "#7a8cff", width=1.0)
         self.plot.add_series("smoothed", "#ffb000", width=2.0)
         self.plot.add_series("validation", "#3ddc84", width=2.0, markers=True)
-        plot_holder = EmptyWidget(label="")
-        layout = plot_holder.native.layout()
-        if layout is None:
-            layout = QVBoxLayout()
-            plot_holder.native.setLayout(layout)
-        layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(self.plot)
-        plot_holder.native.setMinimumHeight(220)
         buttons = Container(
             widgets=[self._start, self._stop_button], layout="horizontal", labels=False
         )
@@ -229,6 +234,8 @@ class TrainWidget(ScrollDock):
                 Label(value="<b>Training set</b>"),
                 self._set_info,
                 self._val_percent,
+                self._preset,
+                self._estimate,
                 Label(value="<b>Network</b>"),
                 self._finetune,
                 self._finetune_file,
@@ -247,16 +254,18 @@ class TrainWidget(ScrollDock):
                 self._weights_info,
                 self._out_dir,
                 self._name,
-                buttons,
-                self._progress,
-                self._status,
-                plot_holder,
             ]
         )
+        # Start, Stop and progress stay in view; the loss plot takes the height left.
+        self.plot.setMinimumHeight(140)
+        self.set_footer([buttons, self._progress, self._status], stretch=self.plot)
         self._progress.native.setFormat("")
 
         self._finetune.changed.connect(self._on_finetune_changed)
         self._optimizer.changed.connect(self._on_optimizer_changed)
+        self._preset.changed.connect(self.apply_preset)
+        for widget in (self._depth, self._base, self._tile, self._iterations, self._device):
+            widget.changed.connect(self._update_estimate)
         for widget in (self._arch, self._depth, self._padding, self._tile):
             widget.changed.connect(self._update_tile_info)
         self._start.changed.connect(self.start)
@@ -269,6 +278,7 @@ class TrainWidget(ScrollDock):
         self._on_finetune_changed()
         self._update_set_info()
         self._update_weights_info()
+        self.apply_preset()
         self._update_tile_info()
 
     # -- display -------------------------------------------------------------------------------
@@ -290,6 +300,33 @@ class TrainWidget(ScrollDock):
         for widget in (self._arch, self._depth, self._base, self._padding, self._border_class):
             widget.enabled = not fine
         self._update_tile_info()
+
+    def apply_preset(self, *_: Any) -> None:
+        """Fill the network and training fields from the chosen preset."""
+        values = preset_values(self._preset.value)
+        self._depth.value = values["depth"]
+        self._base.value = values["base_channels"]
+        self._tile.value = values["tile"]
+        self._optimizer.value = values["optimizer"]
+        self._iterations.value = values["iterations"]
+        self._update_estimate()
+
+    def _update_estimate(self, *_: Any) -> None:
+        if not self._alive:
+            return
+        tile = int(self._tile.value) or 572
+        seconds = estimate_seconds(
+            int(self._iterations.value),
+            tile=tile,
+            base_channels=int(self._base.value),
+            depth=int(self._depth.value),
+            gpu=self._device.value == "cuda" or (self._device.value == "auto" and has_cuda()),
+        )
+        where = "on the GPU" if seconds.gpu else "on this CPU"
+        self._estimate.value = (
+            f"Estimated training time: about {_format_seconds(seconds.value)} {where} "
+            "(rough; measured once running)"
+        )
 
     def _on_optimizer_changed(self, value: str) -> None:
         # The engine's defaults: 0.01 for SGD with momentum 0.99, 0.001 for Adam.
@@ -476,6 +513,7 @@ class TrainWidget(ScrollDock):
         self._started = time.perf_counter()
         self._last_redraw = 0.0
         self._progress.value = 0
+        self._progress.native.setFormat("")
         self._status.value = "building the network ..."
         self._start.enabled = False
         self._stop_button.enabled = True
@@ -511,11 +549,14 @@ class TrainWidget(ScrollDock):
         if event.stage == "train":
             info = event.info
             self._progress.value = int(1000 * event.done / max(event.total, 1))
-            text = f"iteration {event.done}/{event.total} · loss {info.get('loss', 0):.4f}"
+            # Iteration and ETA inside the bar, so the status line does not wrap.
+            bar = f"{event.done}/{event.total}"
+            if "eta_s" in info:
+                bar += f" · ETA {_format_seconds(info['eta_s'])}"
+            self._progress.native.setFormat(bar)
+            text = f"loss {info.get('loss', 0):.4f}"
             if "it_per_s" in info:
                 text += f" · {info['it_per_s']:.1f} it/s"
-            if "eta_s" in info:
-                text += f" · ETA {_format_seconds(info['eta_s'])}"
             metrics = [f"{k} {info[k]:.4f}" for k in ("val_loss", "rand_error") if k in info]
             if metrics:
                 text += "\n" + ", ".join(metrics)
@@ -552,7 +593,7 @@ class TrainWidget(ScrollDock):
             f"{_format_seconds(time.perf_counter() - self._started)}; saved the "
             f"{checkpoint} as {elide(Path(path).name)}. {listed}"
         )
-        show_info(f"Train: {state.lower()}; model saved to {elide(str(path), 60)}")
+        show_info(f"Train: {state.lower()}; saved {elide(Path(path).name)}")
 
     def _on_errored(self, err: Exception) -> None:
         report_error(err)

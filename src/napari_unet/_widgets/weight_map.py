@@ -15,6 +15,7 @@ from ..weights import separation_borders, weight_map
 from ._layers import current_plane, layers_of, on_layer_list_change, unique_name
 from ._session import session_for
 from ._ui import ScrollDock
+from ._warmup import freeze_heap
 
 if TYPE_CHECKING:
     import napari
@@ -40,6 +41,9 @@ class WeightMapWidget(ScrollDock):
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__()
+        # napari's full gc.collect() on every added layer then skips the objects alive
+        # now (the imported libraries): the preview layers appear faster (see _warmup).
+        freeze_heap()
         self._viewer = viewer
         self._session = session_for(viewer)
         self._alive = True
