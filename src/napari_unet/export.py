@@ -49,7 +49,6 @@ import logging
 import os
 import shutil
 import string
-import tempfile
 import warnings
 import zipfile
 from collections.abc import Mapping, Sequence
@@ -79,6 +78,7 @@ from .modelcheck import (
     max_parameters,
 )
 from .normalize import Normalization
+from .outputs import check_output, replace_with, temporary_for
 
 __all__ = [
     "ExportWrapper",
@@ -196,6 +196,8 @@ def _resolve(
 
 def _check_out(out: str | os.PathLike, overwrite: bool) -> Path:
     out = Path(out)
+    if out.is_symlink():
+        check_output(out, overwrite=overwrite)  # refuses links at an output name
     if not out.parent.is_dir():
         raise FileNotFoundError(f"`out`: folder {out.parent} does not exist")
     if out.exists():
@@ -523,9 +525,12 @@ def export_bioimageio(
     name = _model_name(name, out, arch_title)
     torch_version = torch.__version__.split("+")[0]
 
-    staging = out.with_name(f".{out.name}.tmp")
-    _remove(staging)
-    folder = staging if out.suffix.lower() != ".zip" else Path(tempfile.mkdtemp(dir=out.parent))
+    # Written under temporary names beside `out` and moved into place only when
+    # complete and checked (outputs.replace_with); orphans of a crash are named
+    # for outputs.remove_orphans.
+    is_zip = out.suffix.lower() == ".zip"
+    staging = temporary_for(out, folder=not is_zip)
+    folder = temporary_for(out.with_name(out.stem), folder=True) if is_zip else staging
     try:
         folder.mkdir(exist_ok=True)
         np.save(folder / "test_input.npy", image[np.newaxis])
@@ -660,14 +665,13 @@ def export_bioimageio(
             },
         }
         (folder / "rdf.yaml").write_text(_dump_yaml(rdf), encoding="utf-8")
-        if out.suffix.lower() == ".zip":
+        if is_zip:
             _zip_folder(folder, staging)
         if validate:
             _validate(staging)
         if test:
             _core_test(staging)
-        _remove(out)
-        os.replace(staging, out)
+        replace_with(staging, out, folder=not is_zip)
     finally:
         _remove(staging)
         _remove(folder)
@@ -937,7 +941,7 @@ def export_onnx(
             _synthetic_input(net), channel_axis=0
         )[np.newaxis]
     )
-    staging = out.with_name(f".{out.name}.tmp")
+    staging = temporary_for(out)
     try:
         _onnx_export(wrapper, example, staging)
         if check:
@@ -946,7 +950,7 @@ def export_onnx(
                 raise ValueError(
                     f"the ONNX model differs from PyTorch by up to {diff:.3g} (> `atol` {atol})"
                 )
-        os.replace(staging, out)
+        replace_with(staging, out)
     finally:
         _remove(staging)
     return out

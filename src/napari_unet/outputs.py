@@ -43,6 +43,8 @@ __all__ = [
     "check_writable",
     "current_umask",
     "remove_orphans",
+    "replace_with",
+    "temporary_for",
     "write_bytes",
     "write_json",
 ]
@@ -245,13 +247,7 @@ def atomic_path(
         check_output(path, overwrite=overwrite)  # raises the message about links
     if path.exists() and not overwrite:
         raise OutputExistsError(f"{path} exists; pass --overwrite to replace it", path=path)
-    try:
-        tmp = _tmp_name(path)
-        if folder:
-            tmp.unlink()
-            tmp.mkdir()
-    except OSError as err:
-        raise output_error(err, path) from err
+    tmp = temporary_for(path, folder=folder)
     try:
         yield tmp
         _finish(tmp, path, folder)
@@ -261,6 +257,37 @@ def atomic_path(
         if isinstance(err, OSError):
             raise output_error(err, path) from err
         raise
+
+
+def temporary_for(path: str | os.PathLike, *, folder: bool = False) -> Path:
+    """A new, empty temporary file (or folder) beside ``path`` to write an output into.
+
+    Named like every napari-unet temporary (:func:`remove_orphans` finds
+    it after a crash). Move it into place with :func:`replace_with`; remove
+    it on failure. :func:`atomic_path` does both.
+    """
+    path = Path(path)
+    try:
+        tmp = _tmp_name(path)
+        if folder:
+            tmp.unlink()
+            tmp.mkdir()
+    except OSError as err:
+        raise output_error(err, path) from err
+    return tmp
+
+
+def replace_with(tmp: str | os.PathLike, path: str | os.PathLike, *, folder: bool = False) -> None:
+    """Move a complete temporary output over ``path`` (see :func:`atomic_path`).
+
+    Files: permissions from the umask, ``fsync``, then one atomic
+    :func:`os.replace`. Folders: an existing folder at ``path`` is renamed
+    away first and removed once the new one is in place.
+    """
+    try:
+        _finish(Path(tmp), Path(path), folder)
+    except OSError as err:
+        raise output_error(err, path) from err
 
 
 def _finish(tmp: Path, path: Path, folder: bool) -> None:
