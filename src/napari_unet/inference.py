@@ -145,13 +145,20 @@ class EagerBackend:
         self.precision = precision
         # The caller's model moves (as predict_tiled always did) rather than
         # being copied: a copy of a large model would double its memory.
-        self.model = model.to(device, memory_format=torch.channels_last).eval()
+        self.model = model.to(device, memory_format=_channels_last(model)).eval()
 
     def __call__(self, tiles: torch.Tensor) -> np.ndarray:
-        x = tiles.to(self.device, memory_format=torch.channels_last)
+        x = tiles.to(self.device, memory_format=_channels_last(self.model))
         with torch.inference_mode(), _autocast(self.device, self.precision):
             logits = self.model(x)
         return torch.softmax(logits.float(), dim=1).cpu().numpy()
+
+
+def _channels_last(model: nn.Module) -> torch.memory_format:
+    """``channels_last`` for 2D models, ``channels_last_3d`` for 3D ones (5-D tensors)."""
+    return (
+        torch.channels_last_3d if getattr(model, "spatial_dims", 2) == 3 else torch.channels_last
+    )
 
 
 class CompiledBackend(EagerBackend):
@@ -179,7 +186,7 @@ class CompiledBackend(EagerBackend):
             # what makes bf16 fast on the CPU (5.4x vs 2.9x unfrozen).
             options = {"freezing": True} if self.device.type == "cpu" else {}
             self._compiled = torch.compile(self.model, dynamic=False, options=options)
-        x = tiles.to(self.device, memory_format=torch.channels_last)
+        x = tiles.to(self.device, memory_format=_channels_last(self.model))
         try:
             with torch.inference_mode(), _autocast(self.device, self.precision):
                 logits = self._compiled(x)

@@ -9,6 +9,7 @@ blended.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import uuid
@@ -67,13 +68,15 @@ def predict_tiled(
     Parameters
     ----------
     model : torch.nn.Module
-        A 2D :class:`~napari_unet.models.UNet` (or a model with the same shape
-        helpers: ``in_channels``, ``num_classes``, ``padding``, ``halo``,
+        A 2D or 3D :class:`~napari_unet.models.UNet` (or a model with the same
+        shape helpers: ``in_channels``, ``num_classes``, ``padding``, ``halo``,
         ``divisor``, ``output_shape``, ``valid_input_shape``).
-    image : ndarray, shape (Y, X) or (C, Y, X)
+    image : ndarray, shape (Y, X) or (C, Y, X); (Z, Y, X) or (C, Z, Y, X)
         Intensities, already normalised the way the model was trained. ``C``
-        must equal ``model.in_channels`` (a (Y, X) image is one channel).
-    tile_shape : sequence of 2 int, optional
+        must equal ``model.in_channels`` (an image without a channel axis is
+        one channel). A 3D model (``spatial_dims=3``) takes a volume and
+        tiles it in 3D, exactly as below, per axis.
+    tile_shape : sequence of 2 (3 for a volume) int, optional
         Input tile shape in pixels. It is rounded up to the nearest valid
         shape. ``None`` picks the largest valid tile that fits the memory
         budget of ``device`` (see :func:`choose_tile_shape`), but no larger
@@ -85,7 +88,7 @@ def predict_tiled(
     tta : bool
         Test-time augmentation: average the predictions for the 8 rotations
         and flips of the image (8 times slower).
-    overlap : int or sequence of 2 int, optional
+    overlap : int or sequence of 2 (3) int, optional
         Only for ``padding="same"`` models: overlap between neighbouring
         tiles in pixels. Default: ``2 * context + 1`` rounded up to
         ``2**depth`` (192 at depth 4), which makes tiling exact (Notes).
@@ -107,7 +110,7 @@ def predict_tiled(
 
     Returns
     -------
-    probabilities : ndarray of float32, shape (num_classes, Y, X)
+    probabilities : ndarray of float32, shape (num_classes, *spatial)
         Softmax probabilities.
 
     Raises
@@ -222,8 +225,10 @@ def _predict_into(
         )
     image = _as_channels_first(model, image)
     dev = select_device(device)
-    # TTA rotates the image, so its tiles are planned square for the longest side.
-    plan_shape = (max(image.shape[1:]),) * 2 if tta else image.shape[1:]
+    # TTA rotates the planes, so their tiles are planned square for the longest side.
+    plan_shape = image.shape[1:]
+    if tta:
+        plan_shape = (*plan_shape[:-2], max(plan_shape[-2:]), max(plan_shape[-2:]))
     if isinstance(backend, str):
         backend = make_backend(model, backend=backend, precision=precision, device=dev)
     tiler = _Tiler(model, plan_shape, tile_shape, dev, overlap, backend)
@@ -559,15 +564,15 @@ def choose_tile_shape(
     device: str | torch.device | None = None,
     *,
     memory_budget: int | None = None,
-) -> tuple[int, int]:
+) -> tuple[int, ...]:
     """The largest valid input tile that fits a memory budget and the image.
 
     Parameters
     ----------
     model : torch.nn.Module
-        A 2D model with the U-Net shape helpers.
-    image_shape : sequence of 2 int
-        (Y, X) of the image to predict.
+        A 2D or 3D model with the U-Net shape helpers.
+    image_shape : sequence of 2 or 3 int
+        (Y, X) of the image, or (Z, Y, X) of the volume, to predict.
     device : str or torch.device, optional
         Where prediction runs; sets the default budget.
     memory_budget : int, optional
@@ -576,8 +581,10 @@ def choose_tile_shape(
 
     Returns
     -------
-    tile_shape : tuple of 2 int
-        A valid input shape, square unless the image is smaller along an axis.
+    tile_shape : tuple of int
+        A valid input shape, square (a cube in voxels) unless the image is
+        smaller along an axis; for a stack of few planes, the planes' share
+        of the budget grows.
 
     Notes
     -----
@@ -588,39 +595,76 @@ def choose_tile_shape(
     dev = select_device(device)
     if memory_budget is None:
         memory_budget = _default_budget(dev)
+    nd = _spatial_dims(model)
+    image_shape = tuple(int(n) for n in image_shape)
+    if len(image_shape) != nd:
+        raise ValueError(f"`image_shape` must have {nd} axes for this model, got {image_shape}")
     # Models may state their own activation footprint (U-Net++ keeps every
     # node of a level alive: 14.5 floats per pixel and base channel at depth 4).
     floats = getattr(
         model, "floats_per_pixel_per_base_channel", _FLOATS_PER_PIXEL_PER_BASE_CHANNEL
     )
     bytes_per_pixel = 4 * floats * getattr(model, "base_channels", 64)
-    side = int(math.sqrt(max(memory_budget, 1) / bytes_per_pixel))
-    cap = _largest_valid_at_most(model, max(min(side, _MAX_TILE), 1))
-    return tuple(_tight_tile(model, size, cap) for size in image_shape)  # type: ignore[return-value]
+    pixels = max(memory_budget, 1) / bytes_per_pixel
+    side = int(math.sqrt(pixels)) if nd == 2 else int(pixels ** (1.0 / nd))
+    caps = [_largest_valid_at_most(model, max(min(side, _MAX_TILE), 1), a) for a in range(nd)]
+    if nd == 3:
+        # A stack of few planes needs less than a cube's side along Z: the
+        # spare budget goes to larger planes.
+        z_tile = _tight_tile(model, image_shape[0], caps[0], 0)
+        if z_tile < caps[0]:
+            side = int(math.sqrt(pixels / z_tile))
+            caps[1:] = [_largest_valid_at_most(model, min(side, _MAX_TILE), a) for a in (1, 2)]
+    return tuple(  # type: ignore[return-value]
+        _tight_tile(model, size, cap, axis)
+        for axis, (size, cap) in enumerate(zip(image_shape, caps, strict=True))
+    )
 
 
 # -- internals ---------------------------------------------------------------------------------
 
 
-def _tight_tile(model: nn.Module, size: int, cap: int) -> int:
+def _spatial_dims(model: nn.Module) -> int:
+    return int(getattr(model, "spatial_dims", 2))
+
+
+def _divisor(model: nn.Module, axis: int) -> int:
+    divisors = getattr(model, "divisors", None)
+    return int(divisors[axis]) if divisors is not None else int(model.divisor)
+
+
+def _valid_size(model: nn.Module, out: int, axis: int) -> int:
+    """Smallest valid input size along ``axis`` whose output is >= ``out``."""
+    wanted = [1] * _spatial_dims(model)
+    wanted[axis] = out
+    return int(model.valid_input_shape(tuple(wanted))[axis])
+
+
+def _output_size(model: nn.Module, n: int, axis: int) -> int:
+    shape = [_valid_size(model, 1, a) for a in range(_spatial_dims(model))]
+    shape[axis] = n
+    return int(model.output_shape(tuple(shape))[axis])
+
+
+def _tight_tile(model: nn.Module, size: int, cap: int, axis: int = 0) -> int:
     """The smallest tile that covers ``size`` with as few tiles as ``cap`` needs.
 
     Tiles that overhang the image waste work: for a 2048-pixel axis, 1148
     tiles (960-pixel steps) need three per axis, while 1212 tiles need two.
     """
-    d = model.divisor
+    d = _divisor(model, axis)
     if model.padding == "same":
-        overlap = _default_overlap(model)
+        overlap = _default_overlap(model, axis)
         extent = size + 2 * overlap
-        n = max(1, -(-(extent - overlap) // _same_step(model, cap, overlap)))
+        n = max(1, -(-(extent - overlap) // _same_step(model, cap, overlap, axis)))
         tile = max(_round_up(-(-(extent + (n - 1) * overlap) // n), d), overlap + d)
-        while (n - 1) * _same_step(model, tile, overlap) + tile < extent:
+        while (n - 1) * _same_step(model, tile, overlap, axis) + tile < extent:
             tile += d
         return min(cap, tile)
-    step = max(d, model.output_shape((cap, cap))[0] // d * d)
+    step = max(d, _output_size(model, cap, axis) // d * d)
     n = max(1, -(-size // step))
     needed = _round_up(-(-size // n), d)
-    return min(cap, model.valid_input_shape((needed, needed))[0])
+    return min(cap, _valid_size(model, needed, axis))
 
 
 def _round_up(n: int, multiple: int) -> int:
@@ -634,39 +678,44 @@ def _default_budget(device: torch.device) -> int:
     return _CPU_BUDGET_BYTES
 
 
-def _largest_valid_at_most(model: nn.Module, side: int) -> int:
+def _largest_valid_at_most(model: nn.Module, side: int, axis: int = 0) -> int:
     """Largest valid input size <= side, or the smallest useful one if none is."""
-    smallest = model.valid_input_shape((model.divisor,) * 2)[0]
+    d = _divisor(model, axis)
+    smallest = _valid_size(model, d, axis)
     if side <= smallest:
         return smallest
-    n = model.valid_input_shape((max(1, side - 2 * model.halo[0]),) * 2)[0]
+    n = _valid_size(model, max(1, side - 2 * model.halo[axis]), axis)
     while n > side:
-        n -= model.divisor
+        n -= d
     return max(n, smallest)
 
 
-def _context(model: nn.Module) -> int:
-    return int(model.context)
+def _context(model: nn.Module, axis: int = 0) -> int:
+    contexts = getattr(model, "contexts", None)
+    return int(contexts[axis]) if contexts is not None else int(model.context)
 
 
-def _default_overlap(model: nn.Module) -> int:
+def _default_overlap(model: nn.Module, axis: int = 0) -> int:
     """Twice the network's context plus one, rounded to the divisor.
 
     Then every pixel of an overlap lies at least ``context`` pixels inside
     one of the two tiles, where zero padding at the tile edge cannot reach.
     """
-    return _round_up(2 * _context(model) + 1, model.divisor)
+    return _round_up(2 * _context(model, axis) + 1, _divisor(model, axis))
 
 
-def _same_step(model: nn.Module, tile: int, overlap: int) -> int:
-    return max(model.divisor, (tile - overlap) // model.divisor * model.divisor)
+def _same_step(model: nn.Module, tile: int, overlap: int, axis: int = 0) -> int:
+    d = _divisor(model, axis)
+    return max(d, (tile - overlap) // d * d)
 
 
 def _as_channels_first(model: nn.Module, image: np.ndarray) -> np.ndarray:
-    """Validate an image and return it as float32 (C, Y, X)."""
+    """Validate an image and return it as (C, Y, X), or (C, Z, Y, X) for a 3D model."""
     image = np.asarray(image)
     channels = model.in_channels
-    expected = "(Y, X) or (1, Y, X)" if channels == 1 else f"({channels}, Y, X)"
+    nd = _spatial_dims(model)
+    axes = "Y, X" if nd == 2 else "Z, Y, X"
+    expected = f"({axes}) or (1, {axes})" if channels == 1 else f"({channels}, {axes})"
     if image.dtype == np.bool_:
         image = image.view(np.uint8)
     if not (np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating)):
@@ -675,20 +724,22 @@ def _as_channels_first(model: nn.Module, image: np.ndarray) -> np.ndarray:
             "(integer or floating point)"
         )
     received = image.shape
-    if image.ndim == 2 and channels == 1:
+    if image.ndim == nd and channels == 1:
         image = image[np.newaxis]
-    if image.ndim != 3 or image.shape[0] != channels:
+    if image.ndim != nd + 1 or image.shape[0] != channels:
+        hint = ""
+        if nd == 2 and image.ndim >= 3 and channels == 1:
+            hint = "; for a stack use predict_stack (or a 3D model, spatial_dims=3)"
         raise ValueError(
-            f"`image` has shape {image.shape}, expected {expected} for a model with "
-            f"{channels} input channel{'s' if channels > 1 else ''}"
-            + ("; for a stack use predict_stack" if image.ndim >= 3 and channels == 1 else "")
+            f"`image` has shape {image.shape}, expected {expected} for a {nd}D model with "
+            f"{channels} input channel{'s' if channels > 1 else ''}" + hint
         )
     if image.size == 0:
         raise ValueError(f"`image` of shape {received} is empty, expected {expected}")
     # Tiles are converted to float32 one at a time; the check runs on blocks of
     # rows so that it needs no image-sized temporary either.
     if image.dtype.kind == "f" or image.dtype.itemsize > 2:
-        rows = max(1, 2**22 // max(1, image.shape[0] * image.shape[2]))
+        rows = max(1, 2**22 // max(1, math.prod(image.shape) // image.shape[1]))
         for y in range(0, image.shape[1], rows):
             if not np.isfinite(image[:, y : y + rows].astype(np.float32)).all():
                 raise ValueError(
@@ -714,41 +765,41 @@ class _Tiler:
         self.run = backend or make_backend(model, backend="eager", precision="fp32", device=device)
         self.model = model
         self.device = device
+        nd = _spatial_dims(model)
+        axes = range(nd)
         if tile_shape is None:
             tile = choose_tile_shape(model, image_shape, device)
         else:
             tile = tuple(int(t) for t in tile_shape)
-            if len(tile) != 2 or min(tile) < 1:
-                raise ValueError(f"`tile_shape` must be 2 positive integers, got {tile_shape}")
+            if len(tile) != nd or min(tile) < 1:
+                raise ValueError(f"`tile_shape` must be {nd} positive integers, got {tile_shape}")
+        d = tuple(_divisor(model, a) for a in axes)
         if model.padding == "same":
             if overlap is None:
-                ov = (_default_overlap(model),) * 2
+                ov = tuple(_default_overlap(model, a) for a in axes)
             else:
-                ov = (
-                    (int(overlap),) * 2 if np.isscalar(overlap) else tuple(int(o) for o in overlap)
-                )
-                if len(ov) != 2 or min(ov) < 0:
-                    raise ValueError(f"`overlap` must be 1 or 2 integers >= 0, got {overlap}")
+                scalar = np.isscalar(overlap)
+                ov = (int(overlap),) * nd if scalar else tuple(int(o) for o in overlap)
+                if len(ov) != nd or min(ov) < 0:
+                    raise ValueError(f"`overlap` must be 1 or {nd} integers >= 0, got {overlap}")
             # A tile must be larger than its overlap by one pooling cell, so
             # that tiles advance and keep the pooling grid.
-            d = model.divisor
-            self.tile = tuple(_round_up(max(t, o + d), d) for t, o in zip(tile, ov, strict=True))
+            self.tile = tuple(_round_up(max(tile[a], ov[a] + d[a]), d[a]) for a in axes)
             self.overlap = ov
-            self.step = tuple(_same_step(model, t, o) for t, o in zip(self.tile, ov, strict=True))
+            self.step = tuple(_same_step(model, self.tile[a], ov[a], a) for a in axes)
         else:
             self.tile = self._round_valid_tile(tile)
             out = model.output_shape(self.tile)
-            self.step = tuple(o // model.divisor * model.divisor for o in out)
+            self.step = tuple(out[a] // d[a] * d[a] for a in axes)
 
-    def _round_valid_tile(self, tile: Sequence[int]) -> tuple[int, int]:
+    def _round_valid_tile(self, tile: Sequence[int]) -> tuple[int, ...]:
         model = self.model
         # Valid padding: the output must hold at least one pooling cell.
         rounded = []
-        for t in tile:
-            out = max(model.divisor, t - 2 * model.halo[0])
-            n = model.valid_input_shape((out, out))[0]
-            rounded.append(n)
-        return tuple(rounded)  # type: ignore[return-value]
+        for axis, t in enumerate(tile):
+            out = max(_divisor(model, axis), t - 2 * model.halo[axis])
+            rounded.append(_valid_size(model, out, axis))
+        return tuple(rounded)
 
     def _grid(self, image_shape: Sequence[int]) -> tuple[list[int], list[tuple[int, int]]]:
         """Tile counts per axis and (before, after) padding per axis."""
@@ -770,11 +821,11 @@ class _Tiler:
         return tuple(self.model.halo)
 
     @staticmethod
-    def margin_of(model: nn.Module) -> tuple[int, int]:
+    def margin_of(model: nn.Module) -> tuple[int, ...]:
         """The context a tiler with the default overlap pads each side with."""
         if model.padding == "same":
-            return (_default_overlap(model),) * 2
-        return tuple(model.halo)  # type: ignore[return-value]
+            return tuple(_default_overlap(model, a) for a in range(_spatial_dims(model)))
+        return tuple(model.halo)
 
     def count_tiles(self, image_shape: Sequence[int]) -> int:
         return math.prod(self._grid(image_shape)[0])
@@ -827,28 +878,27 @@ class _Tiler:
         else:
             out = np.zeros((classes, *padded.shape[1:]), dtype=np.float32)
             weights = np.zeros(padded.shape[1:], dtype=np.float32)
-            window = _blend_window(self.tile, self.overlap, _context(self.model))
+            window = _blend_window(self.tile, self.overlap, self._contexts())
 
+        keep = (slice(None), *(slice(0, s) for s in self.step))
         for batch in _batched(positions, batch_size):
-            tiles = torch.stack(
-                [padded_t[:, y : y + self.tile[0], x : x + self.tile[1]] for y, x in batch]
-            )
+            tiles = torch.stack([padded_t[(slice(None), *_at(pos, self.tile))] for pos in batch])
             probs = self.run(tiles)
-            for (y, x), p in zip(batch, probs, strict=True):
+            for pos, p in zip(batch, probs, strict=True):
                 if weights is None:
-                    out[:, y : y + self.step[0], x : x + self.step[1]] = p[
-                        :, : self.step[0], : self.step[1]
-                    ]
+                    out[(slice(None), *_at(pos, self.step))] = p[keep]
                 else:
-                    out[:, y : y + self.tile[0], x : x + self.tile[1]] += p * window
-                    weights[y : y + self.tile[0], x : x + self.tile[1]] += window
+                    out[(slice(None), *_at(pos, self.tile))] += p * window
+                    weights[_at(pos, self.tile)] += window
             yield len(batch)
 
         if weights is None:
-            return out[:, : size[0], : size[1]]
-        (py, _), (px, _) = pads
+            return out[(slice(None), *(slice(0, n) for n in size))]
         np.divide(out, weights, out=out, where=weights > 0)
-        return out[:, py : py + size[0], px : px + size[1]]
+        return out[(slice(None), *(slice(b, b + n) for (b, _), n in zip(pads, size, strict=True)))]
+
+    def _contexts(self) -> list[int]:
+        return [_context(self.model, a) for a in range(len(self.tile))]
 
     def predict_into(
         self, image: np.ndarray, out: np.ndarray, *, batch_size: int, accumulate: bool
@@ -873,7 +923,7 @@ class _Tiler:
         )
         same = self.model.padding == "same"
         if same:
-            ramps = _blend_ramps(self.tile, self.overlap, _context(self.model))
+            ramps = _blend_ramps(self.tile, self.overlap, self._contexts())
             scales = []
             for ramp, n, step, (b, a), length in zip(
                 ramps, counts, self.step, pads, size, strict=True
@@ -883,41 +933,49 @@ class _Tiler:
                     total[i * step : i * step + len(ramp)] += ramp
                 scales.append((ramp, total))
         for batch in _batched(positions, batch_size):
-            tiles = np.stack([self._cut(image, y - before[0], x - before[1]) for y, x in batch])
+            tiles = np.stack(
+                [
+                    self._cut(image, [p - b for p, b in zip(pos, before, strict=True)])
+                    for pos in batch
+                ]
+            )
             probs = self.run(torch.from_numpy(tiles))
-            for (y, x), p in zip(batch, probs, strict=True):
+            for pos, p in zip(batch, probs, strict=True):
                 if same:
-                    self._blend_into(out, p, (y, x), before, size, scales)
+                    self._blend_into(out, p, pos, before, size, scales)
                     continue
-                h, w = min(self.step[0], size[0] - y), min(self.step[1], size[1] - x)
-                if h <= 0 or w <= 0:
+                kept = [min(s, n - q) for s, n, q in zip(self.step, size, pos, strict=True)]
+                if min(kept) <= 0:
                     continue
+                target = (slice(None), *_at(pos, kept))
+                source = (slice(None), *(slice(0, k) for k in kept))
                 if accumulate:
-                    out[:, y : y + h, x : x + w] += p[:, :h, :w]
+                    out[target] += p[source]
                 else:
-                    out[:, y : y + h, x : x + w] = p[:, :h, :w]
+                    out[target] = p[source]
             yield len(batch)
 
-    def _cut(self, image: np.ndarray, y: int, x: int) -> np.ndarray:
-        """The float32 tile at image position (y, x), mirrored where it overhangs."""
-        index = []
+    def _cut(self, image: np.ndarray, corner: Sequence[int]) -> np.ndarray:
+        """The float32 tile at image position ``corner``, mirrored where it overhangs."""
+        tile = image
         symmetric = min(image.shape[1:]) == 1  # as _mirror_pad
-        for start, length, n in zip((y, x), self.tile, image.shape[1:], strict=True):
+        # One axis at a time: a slice where the tile lies inside, else the
+        # reflected indices (each step copies at most a tile-sized block).
+        for axis, (start, length, n) in enumerate(
+            zip(corner, self.tile, image.shape[1:], strict=True), start=1
+        ):
             if 0 <= start and start + length <= n:
-                index.append(slice(start, start + length))
+                index: slice | np.ndarray = slice(start, start + length)
             else:
-                index.append(_reflect_indices(start, length, n, symmetric))
-        if isinstance(index[0], slice) or isinstance(index[1], slice):
-            tile = image[:, index[0]][:, :, index[1]]
-        else:
-            tile = image[:, index[0][:, np.newaxis], index[1][np.newaxis, :]]
+                index = _reflect_indices(start, length, n, symmetric)
+            tile = tile[(slice(None),) * axis + (index,)]
         return np.ascontiguousarray(tile, dtype=np.float32)
 
     def _blend_into(
         self,
         out: np.ndarray,
         p: np.ndarray,
-        at: tuple[int, int],
+        at: tuple[int, ...],
         before: Sequence[int],
         size: Sequence[int],
         scales: Sequence[tuple[np.ndarray, np.ndarray]],
@@ -933,8 +991,9 @@ class _Tiler:
                 ramp[lo - pos : hi - pos], norm, where=norm > 0, out=np.zeros_like(norm)
             )
             parts.append((slice(lo - pos, hi - pos), slice(lo - b, hi - b), weight))
-        (ty, oy, wy), (tx, ox, wx) = parts
-        out[:, oy, ox] += p[:, ty, tx] * np.outer(wy, wx)
+        source = (slice(None), *(part[0] for part in parts))
+        target = (slice(None), *(part[1] for part in parts))
+        out[target] += p[source] * functools.reduce(np.multiply.outer, [w for *_, w in parts])
 
     def warn_if_redundant(self, tile_shape: Sequence[int] | None) -> None:
         """Warn when a given tile computes > 4x the pixels it keeps (the halo dominates)."""
@@ -947,8 +1006,8 @@ class _Tiler:
         used = "" if tuple(tile_shape) == self.tile else f" (rounded to {self.tile})"
         warnings.warn(
             f"`tile_shape` {tuple(tile_shape)}{used} computes {factor:.1f}x the pixels it "
-            f"predicts: the network's context around each {self.step[0]}x{self.step[1]} "
-            f"output dominates; a tile of ({suggested}, {suggested}), or `tile_shape=None` "
+            f"predicts: the network's context around each {'x'.join(map(str, self.step))} "
+            f"output dominates; a tile of {(suggested,) * len(self.step)}, or `tile_shape=None` "
             "(the largest that fits in memory), wastes far less",
             RedundantComputeWarning,
             stacklevel=4,
@@ -980,23 +1039,33 @@ def _mirror_pad(image: np.ndarray, pads: Sequence[tuple[int, int]]) -> np.ndarra
     return np.pad(image, width, mode="reflect")
 
 
-def _blend_window(tile: Sequence[int], overlap: Sequence[int], context: int) -> np.ndarray:
+def _blend_window(
+    tile: Sequence[int], overlap: Sequence[int], context: int | Sequence[int]
+) -> np.ndarray:
     """Separable weights: 0 near the tile edge, rising linearly to 1 inside."""
-    return np.outer(*_blend_ramps(tile, overlap, context))
+    return functools.reduce(np.multiply.outer, _blend_ramps(tile, overlap, context))
 
 
-def _blend_ramps(tile: Sequence[int], overlap: Sequence[int], context: int) -> list[np.ndarray]:
+def _at(corner: Sequence[int], extent: Sequence[int]) -> tuple[slice, ...]:
+    """The window of ``extent`` starting at ``corner``."""
+    return tuple(slice(c, c + e) for c, e in zip(corner, extent, strict=True))
+
+
+def _blend_ramps(
+    tile: Sequence[int], overlap: Sequence[int], context: int | Sequence[int]
+) -> list[np.ndarray]:
     """The two 1D factors of :func:`_blend_window`.
 
     Within ``margin`` pixels of the edge (the network's context, or less when
     the overlap is too small for it) the weight is 0; it then rises linearly
     to 1 at ``overlap`` pixels from the edge.
     """
+    contexts = [context] * len(tile) if np.isscalar(context) else list(context)
     ramps = []
-    for t, o in zip(tile, overlap, strict=True):
+    for t, o, c in zip(tile, overlap, contexts, strict=True):
         ramp = np.ones(t, dtype=np.float32)
         if o > 0:
-            margin = min(context, (o - 1) // 2)
+            margin = min(c, (o - 1) // 2)
             rise = np.zeros(o, dtype=np.float32)
             rise[margin:] = np.arange(1, o - margin + 1, dtype=np.float32) / (o - margin)
             ramp[:o] = np.minimum(ramp[:o], rise)

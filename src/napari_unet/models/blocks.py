@@ -66,7 +66,11 @@ class ConvBlock(nn.Sequential):
 
 
 class Down(nn.Sequential):
-    """2x2 max pooling with stride 2, then a :class:`ConvBlock`."""
+    """2x2 max pooling with stride 2, then a :class:`ConvBlock`.
+
+    ``pool`` gives the pooling window per axis (e.g. ``(1, 2, 2)``: in-plane
+    only, for volumes whose planes are farther apart than their pixels).
+    """
 
     def __init__(
         self,
@@ -77,10 +81,11 @@ class Down(nn.Sequential):
         padding: str = "valid",
         batch_norm: bool = False,
         dropout: float = 0.0,
+        pool: int | tuple[int, ...] = 2,
     ) -> None:
         _check_spatial_dims(spatial_dims)
         layers: list[nn.Module] = [
-            _POOL[spatial_dims](2, stride=2),
+            _POOL[spatial_dims](pool, stride=pool),
             ConvBlock(
                 spatial_dims, in_channels, out_channels, padding=padding, batch_norm=batch_norm
             ),
@@ -91,11 +96,21 @@ class Down(nn.Sequential):
 
 
 class UpConv(nn.Sequential):
-    """The paper's "up-convolution": a 2x2 transposed convolution, stride 2."""
+    """The paper's "up-convolution": a 2x2 transposed convolution, stride 2.
 
-    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int) -> None:
+    ``scale`` gives its kernel and stride per axis, matching the pooling of
+    the level below (``(1, 2, 2)`` upsamples in-plane only).
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        scale: int | tuple[int, ...] = 2,
+    ) -> None:
         _check_spatial_dims(spatial_dims)
-        super().__init__(_CONV_T[spatial_dims](in_channels, out_channels, 2, stride=2))
+        super().__init__(_CONV_T[spatial_dims](in_channels, out_channels, scale, stride=scale))
 
 
 def center_crop(x: torch.Tensor, spatial_shape: tuple[int, ...]) -> torch.Tensor:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
 from .blocks import _CONV, ConvBlock, Down, UpConv, _check_spatial_dims, center_crop, he_normal_
-from .shapes import ShapeHelpers
+from .shapes import ShapeHelpers, pool_kernels_for_spacing
 
 __all__ = ["UNet"]
 
@@ -46,13 +48,25 @@ class UNet(ShapeHelpers, nn.Module):
     dropout : float
         Dropout probability at the end of the contracting path.
     spatial_dims : int
-        2 for images (the paper), 3 for volumes.
+        2 for images (the paper), 3 for volumes (the 3D U-Net of Çiçek et
+        al. [2]_: the same network with 3x3x3 convolutions and 2x2x2 pooling).
+    spacing : sequence of float, optional
+        Voxel size per spatial axis, e.g. ``(2.0, 1.0, 1.0)`` for planes twice
+        as far apart as pixels. Anisotropic volumes are pooled only along the
+        axes whose voxel size is less than twice the finest one, level by
+        level, until the voxels are about isotropic (nnU-Net's rule, see
+        :func:`~napari_unet.models.shapes.pool_kernels_for_spacing`); the
+        up-convolutions mirror this. Stored in the model file. Default:
+        isotropic (pool every axis at every level).
 
     References
     ----------
     .. [1] O. Ronneberger, P. Fischer, T. Brox, "U-Net: Convolutional Networks
            for Biomedical Image Segmentation", MICCAI 2015.
            :DOI:`10.1007/978-3-319-24574-4_28`
+    .. [2] Ö. Çiçek, A. Abdulkadir, S. S. Lienkamp, T. Brox, O. Ronneberger,
+           "3D U-Net: Learning Dense Volumetric Segmentation from Sparse
+           Annotation", MICCAI 2016. :DOI:`10.1007/978-3-319-46723-8_49`
 
     Examples
     --------
@@ -63,6 +77,9 @@ class UNet(ShapeHelpers, nn.Module):
     (92, 92)
     >>> net.valid_input_shape((100, 100))
     (284, 284)
+    >>> vol = UNet(depth=2, base_channels=4, spatial_dims=3, spacing=(2.0, 1.0, 1.0))
+    >>> vol.pool_kernels, vol.halo
+    (((1, 2, 2), (2, 2, 2)), (12, 20, 20))
     """
 
     def __init__(
@@ -75,9 +92,17 @@ class UNet(ShapeHelpers, nn.Module):
         batch_norm: bool = False,
         dropout: float = 0.5,
         spatial_dims: int = 2,
+        spacing: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         _check_spatial_dims(spatial_dims)
+        if spacing is not None:
+            spacing = tuple(float(v) for v in spacing)
+            if len(spacing) != spatial_dims:
+                raise ValueError(
+                    f"`spacing` must have one voxel size per spatial axis ({spatial_dims}), "
+                    f"got {spacing}"
+                )
         for name, value, low in (
             ("in_channels", in_channels, 1),
             ("num_classes", num_classes, 1),
@@ -99,6 +124,10 @@ class UNet(ShapeHelpers, nn.Module):
         self.batch_norm = batch_norm
         self.dropout = dropout
         self.spatial_dims = spatial_dims
+        self.spacing = spacing
+        if spacing is not None:
+            self._pool_kernels = pool_kernels_for_spacing(spacing, depth)
+        kernels = self.pool_kernels
 
         channels = [base_channels * 2**level for level in range(depth + 1)]
         kwargs = {"padding": padding, "batch_norm": batch_norm}
@@ -109,12 +138,13 @@ class UNet(ShapeHelpers, nn.Module):
                 channels[level],
                 channels[level + 1],
                 dropout=dropout if level == depth - 1 else 0.0,
+                pool=kernels[level],
                 **kwargs,
             )
             for level in range(depth)
         )
         self.up = nn.ModuleList(
-            UpConv(spatial_dims, channels[level + 1], channels[level])
+            UpConv(spatial_dims, channels[level + 1], channels[level], scale=kernels[level])
             for level in reversed(range(depth))
         )
         self.dec = nn.ModuleList(
@@ -126,7 +156,7 @@ class UNet(ShapeHelpers, nn.Module):
 
     def config(self) -> dict:
         """The constructor arguments, enough to rebuild this architecture."""
-        return {
+        config = {
             "in_channels": self.in_channels,
             "num_classes": self.num_classes,
             "depth": self.depth,
@@ -136,6 +166,9 @@ class UNet(ShapeHelpers, nn.Module):
             "dropout": self.dropout,
             "spatial_dims": self.spatial_dims,
         }
+        if self.spacing is not None:  # 2D and isotropic model files stay as they were
+            config["spacing"] = list(self.spacing)
+        return config
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Raw class scores (logits).
@@ -179,44 +212,56 @@ class UNet(ShapeHelpers, nn.Module):
         of its level, a 2x2 pooling halves it (rounding up) and an
         up-convolution doubles it; followed down and up the network this gives
         94 pixels at depth 4. Tiles that overlap by more than twice this are
-        exact (see :func:`napari_unet.tiling.predict_tiled`).
+        exact (see :func:`napari_unet.tiling.predict_tiled`). The largest of
+        :attr:`contexts`.
         """
+        return max(self.contexts)
+
+    @property
+    def contexts(self) -> tuple[int, ...]:
+        """:attr:`context` per axis (an axis pooled fewer times has less)."""
         if self.padding == "valid":
-            return self.halo[0]
+            return tuple(self.halo)
+        return tuple(self._reach(axis) for axis in range(self.spatial_dims))
+
+    def _reach(self, axis: int) -> int:
+        factors = [k[axis] for k in self.pool_kernels]
         reach, skips = 0, []
-        for _ in range(self.depth):
+        for f in factors:
             reach += 2
             skips.append(reach)
-            reach = -(-reach // 2)
+            reach = -(-reach // f)
         reach += 2
-        for skip in reversed(skips):
-            reach = max(2 * reach, skip) + 2
+        for f, skip in zip(reversed(factors), reversed(skips), strict=True):
+            reach = max(f * reach, skip) + 2
         return reach
 
-    def _output_size(self, n: int) -> int | None:
+    def _output_size(self, n: int, axis: int = 0) -> int | None:
         """Output size along one axis, or None if ``n`` is not a valid input size."""
         if self.padding == "same":
-            return super()._output_size(n)
-        for _ in range(self.depth):
+            return super()._output_size(n, axis)
+        factors = [k[axis] for k in self.pool_kernels]
+        for f in factors:
             n -= 4  # two unpadded 3x3 convolutions
-            if n <= 0 or n % 2:
+            if n <= 0 or n % f:
                 return None
-            n //= 2
+            n //= f
         n -= 4
-        if n <= 0:
-            return None
-        for _ in range(self.depth):
-            n = 2 * n - 4
-        return n
+        for f in reversed(factors):
+            if n <= 0:
+                return None
+            n = f * n - 4
+        return n if n > 0 else None
 
-    def _input_size(self, out: int) -> int:
+    def _input_size(self, out: int, axis: int = 0) -> int:
         if self.padding == "same":
-            return super()._input_size(out)
-        # Valid sizes form an arithmetic progression with step 2**depth (one
+            return super()._input_size(out, axis)
+        # Valid sizes form an arithmetic progression with step `divisor` (one
         # more pixel at the bottleneck); output grows by the same step.
-        n = self.divisor
-        while self._output_size(n) is None:
+        step = self.divisors[axis]
+        n = step
+        while self._output_size(n, axis) is None:
             n += 1
-        o0 = self._output_size(n)
-        steps = max(0, -(-(out - o0) // self.divisor))
-        return n + steps * self.divisor
+        o0 = self._output_size(n, axis)
+        steps = max(0, -(-(out - o0) // step))
+        return n + steps * step
