@@ -9,6 +9,7 @@ import torch
 from napari_unet import io, segment
 from napari_unet.models import UNet
 from napari_unet.outputs import TMP_SUFFIX
+from napari_unet.segment import _chunked
 
 pytest.importorskip("zarr")
 
@@ -34,7 +35,7 @@ def test_interrupted_chunked_run_leaves_no_store(
 ):
     # Issue 18 item 5: an interrupted chunked run left an OME-Zarr of all-zero chunks.
     image, net = source
-    real = segment._store
+    real = _chunked._store
     calls = []
 
     def store(array, target, *args, **kwargs):
@@ -44,7 +45,7 @@ def test_interrupted_chunked_run_leaves_no_store(
             raise KeyboardInterrupt
         return real(array, target, *args, **kwargs)
 
-    monkeypatch.setattr(segment, "_store", store)
+    monkeypatch.setattr(_chunked, "_store", store)
     labels = tmp_path / "labels.zarr"
     probs = tmp_path / "probs.zarr" if keep_probabilities else None
     with pytest.raises(KeyboardInterrupt):

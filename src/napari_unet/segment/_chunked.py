@@ -1,0 +1,230 @@
+"""Chunked segmentation: Zarr, OME-Zarr or large TIFF in, OME-Zarr out."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..axes import find_channel_axis, move_channels
+from ..outputs import TMP_SUFFIX, atomic_path
+from ._config import SegmentConfig, _predict_kwargs, _setup
+
+if TYPE_CHECKING:
+    from torch import nn
+
+
+@contextlib.contextmanager
+def dask_scheduler(spec: str | None) -> Iterator[object]:
+    """Run Dask computations on threads, synchronously, or on a dask.distributed cluster.
+
+    Parameters
+    ----------
+    spec : str, optional
+        ``"threads"`` (default), ``"synchronous"``, or a scheduler address
+        such as ``"tcp://host:8786"``.
+
+    Yields
+    ------
+    client : distributed.Client or None
+        The connected client (closed afterwards; the cluster keeps running).
+    """
+    import dask
+
+    if spec in (None, "threads", "synchronous"):
+        with dask.config.set(scheduler=spec or "threads"):
+            yield None
+        return
+    if "://" not in spec:
+        raise ValueError(
+            f"must be threads, synchronous or a scheduler address such as "
+            f"tcp://host:8786, got {spec!r}"
+        )
+    try:
+        from distributed import Client
+    except ImportError as err:
+        raise ValueError(
+            f"{spec} needs dask.distributed ({err}); pip install distributed"
+        ) from err
+    try:
+        client = Client(spec, timeout="10s")
+    except (OSError, TimeoutError) as err:
+        raise ValueError(f"{spec}: cannot connect ({err})") from err
+    with client:
+        yield client
+
+
+def _store(array: Any, target: Any, what: str, progress: Callable | None) -> None:
+    """Write a Dask array into a Zarr array chunk by chunk (zarr chunks = dask chunks)."""
+    import dask.array as da
+
+    array = array.rechunk(target.chunks)
+    with progress(what) if progress is not None else contextlib.nullcontext():
+        da.store(array, target, lock=False)
+
+
+def _chunked_input(
+    image: Any, net: nn.Module, channel_axis: int | None, chunks: tuple[int, int] | None
+) -> tuple[Any, int | None, list[str], list[float]]:
+    """A chunked image arranged for prediction: data, channel axis, axis names, pixel sizes.
+
+    Channels go just before (Y, X); leading planes become one chunk each,
+    the channels one chunk, and (Y, X) chunks of ``chunks`` pixels (default:
+    the input's chunks clamped to 256-2048).
+    """
+    data, axes, scale = image.data, list(image.axes), list(image.scale)
+    if data.ndim < 2 or not np.issubdtype(data.dtype, np.number):
+        raise ValueError(f"expected a numeric (..., Y, X) array, got {data}")
+    axis = find_channel_axis(
+        data.shape, net.in_channels, image.channel_axis if channel_axis is None else channel_axis
+    )
+    if axis is not None:
+        data = move_channels(data, axis)
+        for names in (axes, scale):
+            names.insert(data.ndim - 3, names.pop(axis))
+        axis = data.ndim - 3
+    leading = [a for a in range(data.ndim - 2) if a != axis]
+    spatial = (data.ndim - 2, data.ndim - 1)
+    sides = chunks or tuple(int(min(max(max(data.chunks[ax]), 256), 2048)) for ax in spatial)
+    data = data.rechunk(
+        {
+            **{ax: 1 for ax in leading},
+            **({axis: -1} if axis is not None else {}),
+            **dict(zip(spatial, sides, strict=True)),
+        }
+    )
+    return data, axis, axes, scale
+
+
+def segment_chunked(
+    model: Any,
+    source: str | os.PathLike,
+    labels_path: str | os.PathLike,
+    probabilities_path: str | os.PathLike | None = None,
+    *,
+    channel_axis: int | None = None,
+    chunks: tuple[int, int] | None = None,
+    margin: int = 64,
+    config: SegmentConfig | None = None,
+    normalization: Any = None,
+    progress: Callable[[str], contextlib.AbstractContextManager] | None = None,
+) -> int:
+    """Segment a Zarr / OME-Zarr store or TIFF file chunk by chunk into OME-Zarr images.
+
+    Run it inside :func:`dask_scheduler` to choose the Dask scheduler.
+
+    Parameters
+    ----------
+    model, config, normalization
+        As for :func:`segment` (``tta`` is not available here).
+    source : path
+        Read with :func:`napari_unet.io.open_chunked` (OME-Zarr: its first level).
+    labels_path : path
+        The uint32 OME-Zarr label image to write (replaced if it exists).
+    probabilities_path : path, optional
+        Also keep the float32 probabilities here (classes first); else they
+        go to a scratch store beside ``labels_path``, removed at the end.
+    channel_axis : int, optional
+        Default: the OME-Zarr channel axis, else the rule of
+        :func:`~napari_unet.axes.find_channel_axis`.
+    chunks : (int, int), optional
+        Spatial chunk sides for prediction; default: the input's chunks
+        clamped to 256-2048.
+    margin : int
+        Context each chunk is labelled with; should exceed the largest cell.
+    progress : callable, optional
+        Called with a description before each pass over the data; returns a
+        context manager wrapped around that pass (e.g. a progress bar).
+
+    Returns
+    -------
+    count : int
+        The largest label id written (the number of objects).
+    """
+    import dask.array as da
+    import zarr
+
+    from ..io import create_ome_zarr, open_chunked
+    from ..postprocess import labels_dask
+    from ..tiling import predict_dask
+
+    net, config, normalization = _setup(model, config, normalization)
+    if config.tta:
+        raise ValueError(
+            "test-time augmentation is not available in chunked mode (Zarr, large TIFF)"
+        )
+    if margin < 1:
+        raise ValueError(f"the labels margin must be >= 1, got {margin}")
+    source, labels_path = Path(source), Path(labels_path)
+    data, axis, axes, scale = _chunked_input(open_chunked(source), net, channel_axis, chunks)
+    leading = [a for a in range(data.ndim - 2) if a != axis]
+    probs = predict_dask(
+        net,
+        normalization.apply_dask(data, channel_axis=axis),
+        channel_axis=axis,
+        **_predict_kwargs(config, backend=False),
+    )
+    lead_axes, lead_scale = [axes[a] for a in leading], [scale[a] for a in leading]
+    out_axes, out_scale = [*lead_axes, *axes[-2:]], [*lead_scale, *scale[-2:]]
+    block = (*(1,) * len(lead_axes), probs.chunks[-2][0], probs.chunks[-1][0])
+    # Probabilities go to the output, or to a scratch store beside it: the
+    # labels need them twice (the id lookup, then the labels themselves).
+    # Both stores are written under temporary names and renamed when complete
+    # (outputs.atomic_path): an interrupted run leaves no valid-looking store
+    # with unwritten all-zero chunks under a final name.
+    scratch = None
+    if probabilities_path is None:
+        scratch = Path(
+            tempfile.mkdtemp(
+                prefix=f".{labels_path.stem}.", suffix=TMP_SUFFIX, dir=labels_path.parent
+            )
+        )
+    try:
+        with contextlib.ExitStack() as outputs:
+            labels_tmp = outputs.enter_context(atomic_path(labels_path, folder=True))
+            if probabilities_path is None:
+                store_path = scratch / "probabilities.zarr"
+            else:
+                store_path = outputs.enter_context(atomic_path(probabilities_path, folder=True))
+            target = create_ome_zarr(
+                store_path,
+                shape=probs.shape,
+                chunks=(probs.shape[0], *block),
+                dtype=np.float32,
+                axes=["c", *out_axes],
+                scale=[1.0, *out_scale],
+                name=f"{labels_path.stem} probabilities",
+            )
+            _store(probs, target, f"{source.name}: predicting", progress)
+            # A zarr.Array, not a Dask array: each labelling task reads its own
+            # chunk and margins, so no chunk waits in memory for its neighbours.
+            stored = zarr.open_array(str(store_path / "0"), mode="r")
+            labels = labels_dask(
+                stored,
+                margin=margin,
+                spatial_dims=2,
+                threshold=config.threshold,
+                compute_lookup=True,
+                **dict(config.postprocess or {}),
+            )
+            target = create_ome_zarr(
+                labels_tmp,
+                shape=labels.shape,
+                chunks=block,
+                dtype=np.uint32,
+                axes=out_axes,
+                scale=out_scale,
+                name=labels_path.stem,
+                label=True,
+            )
+            _store(labels, target, f"{source.name}: labelling", progress)
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+    return int(da.from_zarr(str(labels_path), component="0").max().compute())

@@ -1,0 +1,230 @@
+"""Settings, the model, and the steps every form of :mod:`napari_unet.segment` shares."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..axes import find_channel_axis, move_channels
+from ..normalize import Normalization
+
+if TYPE_CHECKING:
+    from torch import nn
+
+
+#: The post-processing keywords a model file may recommend (besides the threshold).
+_POSTPROCESS_KEYS = (
+    "method",
+    "seed_threshold",
+    "min_size",
+    "min_seed_size",
+    "split_depth",
+    "fill_holes",
+)
+
+
+@dataclass(frozen=True)
+class SegmentConfig:
+    """Settings of a segmentation run (the same for every front end).
+
+    Parameters
+    ----------
+    tile : int, optional
+        Input tile side in pixels (rounded up to a valid size); None picks
+        the largest that fits the device's memory budget.
+    tta : bool
+        Test-time augmentation: average the 8 rotations and flips (8x slower).
+    threshold : float, optional
+        Foreground threshold in (0, 1); None: the model's recommendation
+        (bundled models store one), else 0.5.
+    batch_size : int
+        Tiles per forward pass.
+    device : str, optional
+        ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"``, ``"mps"``.
+    level : int, optional
+        U-Net++ only: predict with the network pruned at this level.
+    backend : str
+        Inference engine (:mod:`napari_unet.inference`): ``"auto"``, ``"eager"``,
+        ``"compile"`` or ``"onnxruntime"``. ``"auto"`` may choose ONNX Runtime
+        once its export is cached, whose probabilities differ from eager ones
+        by float rounding: give ``"eager"`` for bit-identical repeat runs.
+    precision : str
+        ``"auto"``, ``"fp32"``, ``"bf16"`` or ``"fp16"``.
+    probabilities : bool
+        Keep the probabilities in the result (else None, freeing memory).
+    postprocess : mapping, optional
+        Further keywords of :func:`~napari_unet.postprocess.probabilities_to_labels`
+        (``method``, ``min_size``, ``seed_threshold``, ...); None: the model's
+        recommendation (bundled models store one), else the defaults.
+        (``method``, ``min_size``, ``seed_threshold``, ...).
+    """
+
+    tile: int | None = None
+    tta: bool = False
+    threshold: float | None = None
+    batch_size: int = 1
+    device: str | None = "auto"
+    level: int | None = None
+    backend: str = "auto"
+    precision: str = "auto"
+    probabilities: bool = True
+    postprocess: Mapping[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.tile is not None and (isinstance(self.tile, bool) or self.tile < 1):
+            raise ValueError(f"`tile` must be a positive number of pixels, got {self.tile!r}")
+        if isinstance(self.batch_size, bool) or self.batch_size < 1:
+            raise ValueError(f"`batch_size` must be >= 1, got {self.batch_size!r}")
+        if self.threshold is not None and not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"`threshold` must be in (0, 1), got {self.threshold}")
+        if {"threshold", "spatial_dims"} & set(self.postprocess or {}):
+            raise ValueError("`postprocess` must not set `threshold` or `spatial_dims`")
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping[str, Any], **settings: Any) -> SegmentConfig:
+        """Settings with the model's recommendations filled in.
+
+        Parameters
+        ----------
+        metadata : mapping
+            A model file's metadata (:func:`napari_unet.io.load_model`).
+        **settings
+            Fields of :class:`SegmentConfig`; a ``threshold`` or
+            ``postprocess`` of None is replaced by the model's recommendation
+            (``metadata["pretrained"]["postprocessing"]``), and an unset
+            ``level`` by the model's recommended pruning level, if any.
+        """
+        return cls(**settings).resolve(metadata)
+
+    def resolve(self, metadata: Mapping[str, Any]) -> SegmentConfig:
+        """A copy with the unset settings taken from the model's recommendation."""
+        from ..pretrained import recommended_threshold
+
+        card = (metadata.get("pretrained") or {}).get("postprocessing") or {}
+        changes: dict[str, Any] = {}
+        if self.threshold is None:
+            changes["threshold"] = recommended_threshold(dict(metadata))
+        if self.level is None and card.get("level") is not None:
+            changes["level"] = int(card["level"])
+        if self.postprocess is None:
+            # e.g. em-membranes: cells are the 4-connected components ("method": "components").
+            changes["postprocess"] = {k: card[k] for k in _POSTPROCESS_KEYS if k in card}
+        return replace(self, **changes) if changes else self
+
+
+@dataclass
+class Segmentation:
+    """The result of :func:`segment`.
+
+    Attributes
+    ----------
+    labels : ndarray of uint32
+        The image's shape without the channel axis; 0 = background, ids
+        ``1 ... N`` over the whole stack.
+    probabilities : ndarray of float32 or None
+        ``(num_classes, *labels.shape)``; None unless ``config.probabilities``.
+    config : SegmentConfig
+        The settings used, with the model's recommendations filled in.
+    """
+
+    labels: np.ndarray
+    probabilities: np.ndarray | None
+    config: SegmentConfig
+
+
+def load_segmenter(model: Any, *, level: int | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """The model and its metadata, from a file, a bundled name or a module.
+
+    Parameters
+    ----------
+    model : str, path-like, nn.Module or (nn.Module, dict)
+        A model file (``.safetensors`` or bioimage.io package), a bundled
+        model name (``"nuclei"``, see :func:`napari_unet.pretrained.list_pretrained`),
+        a module, or a module with its metadata as :func:`~napari_unet.io.load_model`
+        returns them.
+    level : int, optional
+        Prune a U-Net++ to this level.
+
+    Returns
+    -------
+    model : nn.Module
+        On the CPU, in eval mode.
+    metadata : dict
+        Empty for a bare module.
+
+    Raises
+    ------
+    FileNotFoundError
+        If a path does not exist and is no bundled name.
+    ValueError
+        If the file is not a model file, ``level`` does not fit the model,
+        or the model is not 2D.
+    """
+    if isinstance(model, tuple):
+        net, metadata = model[0], dict(model[1] or {})
+    elif isinstance(model, (str, os.PathLike)):
+        from ..io.models import load_model
+        from ..pretrained import resolve_model
+
+        net, metadata = load_model(resolve_model(model), device=None)
+    else:
+        net, metadata = model, {}
+    if level is not None:
+        if not hasattr(net, "prune"):
+            raise ValueError(
+                f"a pruning level applies to U-Net++ models; this is {type(net).__name__}"
+            )
+        net = net.prune(level)
+    if getattr(net, "spatial_dims", 2) != 2:
+        raise ValueError("segmentation supports 2D models only")
+    return net, metadata
+
+
+def _setup(
+    model: Any, config: SegmentConfig | None, normalization: Any
+) -> tuple[nn.Module, SegmentConfig, Normalization]:
+    net, metadata = load_segmenter(model)
+    config = (config or SegmentConfig()).resolve(metadata)
+    if config.level is not None:
+        net, _ = load_segmenter(net, level=config.level)
+    if normalization is None:
+        normalization = metadata.get("normalization")
+    if not isinstance(normalization, Normalization):
+        normalization = Normalization.from_dict(normalization)
+    return net, config, normalization
+
+
+def _predict_kwargs(config: SegmentConfig, *, backend: bool = True) -> dict[str, Any]:
+    """The tiling keywords of a configuration (one place for every path)."""
+    kwargs: dict[str, Any] = {
+        "tile_shape": None if config.tile is None else (config.tile, config.tile),
+        "batch_size": config.batch_size,
+        "device": config.device,
+    }
+    if backend:  # predict_dask chooses its own engine per chunk
+        kwargs.update(backend=config.backend, precision=config.precision)
+    return kwargs
+
+
+def _labels_of_plane(probs: np.ndarray, config: SegmentConfig) -> np.ndarray:
+    """Instance labels ``1 ... n`` of one (classes, Y, X) plane: the one post-processing step."""
+    from ..postprocess import probabilities_to_labels
+
+    return probabilities_to_labels(
+        probs, threshold=config.threshold, spatial_dims=2, **dict(config.postprocess or {})
+    )
+
+
+def _arranged(net: nn.Module, data: Any, channel_axis: int | None) -> tuple[Any, int | None]:
+    """``data`` with its channels just before (Y, X), and that axis (None: one channel)."""
+    if not np.issubdtype(data.dtype, np.number) or np.issubdtype(data.dtype, np.complexfloating):
+        raise ValueError(f"the image (dtype {data.dtype}) is not a real-valued numeric image")
+    axis = find_channel_axis(data.shape, net.in_channels, channel_axis)
+    if axis is None:
+        return data, None
+    data = move_channels(data, axis)
+    return data, data.ndim - 3

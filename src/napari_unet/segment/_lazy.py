@@ -1,0 +1,107 @@
+"""Lazy segmentation for napari: :func:`segment_dask`, one plane per Dask chunk."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..normalize import Normalization
+from ._config import SegmentConfig, _arranged, _labels_of_plane, _predict_kwargs, _setup
+
+if TYPE_CHECKING:
+    import dask.array
+    from torch import nn
+
+#: Instance ids of plane ``i`` (linear index over the leading axes, C order)
+#: of :func:`segment_dask` are ``i * LAZY_ID_STRIDE + 1 ...``.
+LAZY_ID_STRIDE = 2**16
+
+
+def segment_dask(
+    model: Any,
+    image: Any,
+    *,
+    channel_axis: int | None = None,
+    config: SegmentConfig | None = None,
+    normalization: Any = None,
+) -> dask.array.Array:
+    """Lazy instance labels of every (Y, X) plane of a Dask, Zarr or NumPy array.
+
+    Each plane is computed only when asked for (for example when napari
+    shows it), with exactly the steps of :func:`segment` for that plane.
+
+    Parameters
+    ----------
+    model, channel_axis, config, normalization
+        As for :func:`segment` (``tta`` applies; ``probabilities`` does not).
+    image : dask.array.Array or array-like, shape (..., Y, X)
+        Rechunked so that every chunk holds one whole plane with all channels.
+
+    Returns
+    -------
+    labels : dask.array.Array of uint32, the image's shape without channels
+        One chunk per plane.
+
+    Notes
+    -----
+    Plane ``i`` (linear index over the leading axes in C order) uses ids
+    ``i * LAZY_ID_STRIDE + 1`` up to ``(i + 1) * LAZY_ID_STRIDE - 1`` (stride
+    ``2**16``): at most ``2**16`` planes (checked here) and fewer than
+    ``2**16`` cells per plane (checked when a plane is computed). The model
+    enters the task graph once, as one named ``dask.delayed`` key.
+    """
+    import dask.array as da
+
+    from ..tiling import _model_key
+
+    net, config, normalization = _setup(model, config, normalization)
+    arr, axis = _arranged(net, da.asarray(image), channel_axis)
+    if axis is None:
+        arr = arr[..., np.newaxis, :, :]
+    leading = arr.shape[:-3]
+    if math.prod(leading) > 2**32 // LAZY_ID_STRIDE:
+        raise ValueError(
+            f"{math.prod(leading)} planes: lazy labels support at most "
+            f"{2**32 // LAZY_ID_STRIDE} (uint32 ids, {LAZY_ID_STRIDE} per plane)"
+        )
+    arr = arr.rechunk((1,) * len(leading) + (-1, -1, -1))
+    return da.map_blocks(
+        _segment_plane_block,
+        arr,
+        _model_key(net),
+        normalization=normalization,
+        config=config,
+        drop_axis=arr.ndim - 3,
+        chunks=(*arr.chunks[:-3], *arr.chunks[-2:]),
+        dtype=np.uint32,
+        meta=np.empty((0,) * (arr.ndim - 1), dtype=np.uint32),
+    )
+
+
+def _segment_plane_block(
+    block: np.ndarray,
+    model: nn.Module,
+    *,
+    normalization: Normalization,
+    config: SegmentConfig,
+    block_info: dict | None = None,
+) -> np.ndarray:
+    """One chunk of :func:`segment_dask`: (1, ..., 1, C, Y, X) -> (1, ..., 1, Y, X)."""
+    from ..tiling import predict_tiled
+
+    info = block_info[0]
+    location, count = info["chunk-location"][:-3], info["num-chunks"][:-3]
+    index = int(np.ravel_multi_index(location, count)) if count else 0
+    plane = np.asarray(block).reshape(block.shape[-3:])
+    image = normalization(plane, channel_axis=0)
+    probs = predict_tiled(model, image, tta=config.tta, **_predict_kwargs(config))
+    part = _labels_of_plane(probs, config)
+    cells = int(part.max(initial=0))
+    if cells >= LAZY_ID_STRIDE:
+        raise ValueError(
+            f"plane {index} has {cells} cells; lazy labels support fewer than {LAZY_ID_STRIDE}"
+        )
+    out = np.where(part > 0, part + np.uint32(index * LAZY_ID_STRIDE), np.uint32(0))
+    return out.astype(np.uint32, copy=False).reshape(*block.shape[:-3], *block.shape[-2:])
