@@ -114,3 +114,20 @@ def test_tiles_where_the_halo_dominates_warn_with_the_factor_and_a_better_tile()
         default = predict_tiled(net, image)
         predict_tiled(net, image, tile_shape=(128, 128))  # 88² kept of 128²: 2.1x
     np.testing.assert_allclose(small, default, atol=1e-4)
+
+
+def test_small_chunks_warn_with_the_factor_and_a_better_chunk_size():
+    import warnings
+
+    da = pytest.importorskip("dask.array")
+    from napari_unet.errors import RedundantComputeWarning
+    from napari_unet.tiling import predict_dask
+
+    net = _net()  # depth 2: 20-pixel halo, 24 with the pooling cell
+    image = da.from_array(_cells(128), chunks=16)
+    with pytest.warns(RedundantComputeWarning, match=r"\d+\.\dx the pixels .* --chunks \d+"):
+        small = predict_dask(net, image, tile_shape=(128, 128))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RedundantComputeWarning)
+        large = predict_dask(net, image.rechunk(64), tile_shape=(128, 128))
+    np.testing.assert_allclose(small.compute(), large.compute(), atol=1e-4)

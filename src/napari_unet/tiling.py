@@ -438,6 +438,7 @@ def predict_dask(
             },
         }
     )
+    _warn_if_small_chunks(arr, spatial, depth, d)
     overlapped = da.overlap.overlap(
         arr, depth=dict(zip(spatial, depth, strict=True)), boundary="none"
     )
@@ -529,6 +530,27 @@ def _predict_block(
         events = tiler.predict(plane, batch_size=batch_size, with_margin=True, trailing=extra)
         results.append(_run_to_result(events))
     return np.stack(results).reshape(*block.shape[:-3], model.num_classes, *results[0].shape[1:])
+
+
+def _warn_if_small_chunks(
+    arr: dask.array.Array, spatial: Sequence[int], depth: Sequence[int], divisor: int
+) -> None:
+    """Warn when each chunk's context (``depth`` pixels a side) costs > 4x its own pixels."""
+    if all(len(arr.chunks[ax]) == 1 for ax in spatial):
+        return  # one chunk: nothing to choose
+    sizes = [max(arr.chunks[ax]) for ax in spatial]
+    factor = math.prod((c + 2 * g) / c for c, g in zip(sizes, depth, strict=True))
+    if factor <= _REDUNDANT_LIMIT:
+        return
+    # Chunks of this side keep the context below 2x the pixels they predict.
+    side = _round_up(math.ceil(2 * max(depth) / (math.sqrt(2) - 1)), divisor)
+    warnings.warn(
+        f"chunks of {sizes[0]}x{sizes[1]} pixels are each predicted with {max(depth)} pixels "
+        f"of context on every side: {factor:.1f}x the pixels they keep; chunks of "
+        f"{side}x{side} or larger (e.g. --chunks {side}) waste far less",
+        RedundantComputeWarning,
+        stacklevel=3,
+    )
 
 
 def _aligned_chunks(length: int, wanted: int, multiple: int, minimum: int) -> tuple[int, ...]:
