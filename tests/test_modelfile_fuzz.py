@@ -36,6 +36,7 @@ from napari_unet.modelcheck import validate_metadata  # noqa: E402
 from napari_unet.models import UNet  # noqa: E402
 from napari_unet.normalize import Normalization  # noqa: E402
 from napari_unet.pretrained import recommended_threshold  # noqa: E402
+from napari_unet.tensortable import expected_tensors  # noqa: E402
 
 BUDGET = 200_000  # parameters; the tiny model below has a few hundred
 DOCUMENTED = (ModelFileError, FileNotFoundError)
@@ -102,8 +103,7 @@ class _Budgeted:
         self.cls = cls
 
     def __call__(self, **kwargs):
-        with torch.device("meta"):
-            shapes = self.cls(**kwargs)
+        shapes = expected_tensors(self.cls, kwargs)  # meta device: nothing allocated
         count = sum(p.numel() for p in shapes.parameters())
         assert count <= BUDGET, f"built {count} parameters, above the budget {BUDGET}"
         return self.cls(**kwargs)
