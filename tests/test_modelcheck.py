@@ -79,6 +79,7 @@ def no_build(monkeypatch):
         ("unet", {}),
         ("unet", {"in_channels": 3, "num_classes": 5, "depth": 2, "base_channels": 6}),
         ("unet", {"depth": 3, "base_channels": 4, "batch_norm": True, "spatial_dims": 3}),
+        ("unet", {"depth": 3, "base_channels": 2, "spatial_dims": 3, "spacing": [4.0, 1.0, 1.0]}),
         ("unetplusplus", {"num_classes": 1}),
         ("unetplusplus", {"depth": 3, "base_channels": 4, "deep_supervision": False}),
         ("unetplusplus", {"depth": 2, "base_channels": 3, "batch_norm": True, "spatial_dims": 3}),
@@ -248,6 +249,9 @@ def test_metadata_schema(model_file, no_build, change, match):
         {"padding": "reflect"},
         {"batch_norm": "yes"},
         {"width": 3},
+        {"spacing": [0.0, 1.0]},
+        {"spacing": [1.0, 1.0, 1.0]},
+        {"spacing": "1,1"},
     ],
 )
 def test_absurd_architectures(model_file, no_build, arguments):
@@ -518,3 +522,11 @@ def test_not_a_zip_and_not_a_model(tmp_path):
     path.write_bytes(buffer.getvalue())
     with pytest.raises(ModelFileError, match="pickle"):
         load_model(path)
+
+
+def test_anisotropic_3d_unet_round_trips(tmp_path):
+    model = UNet(depth=2, base_channels=2, spatial_dims=3, spacing=(3.0, 1.0, 1.0), padding="same")
+    path = save_model(model, tmp_path / "m3.safetensors", metadata={"spacing": [3.0, 1.0, 1.0]})
+    loaded, meta = load_model(path)
+    assert loaded.config() == model.config() and meta["arguments"]["spacing"] == [3.0, 1.0, 1.0]
+    assert parameter_count("unet", meta["arguments"]) == sum(p.numel() for p in model.parameters())

@@ -33,6 +33,7 @@ from typing import Any
 
 from .errors import InputError
 from .models import UNet, UNetPlusPlus
+from .models.shapes import pool_kernels_for_spacing
 
 __all__ = [
     "KNOWN_KEYS",
@@ -175,6 +176,18 @@ def validate_arguments(architecture: str, arguments: Any, *, source: object = "m
     if architecture == "unet":
         if args["padding"] not in ("valid", "same"):
             raise _fail(source, "arguments.padding", args["padding"], "'valid' or 'same'")
+        spacing = args.get("spacing")
+        if spacing is not None and (
+            not isinstance(spacing, list | tuple)
+            or len(spacing) != args["spatial_dims"]
+            or not all(_is_number(v) and v > 0 for v in spacing)
+        ):
+            raise _fail(
+                source,
+                "arguments.spacing",
+                spacing,
+                f"null or {args['spatial_dims']} positive voxel sizes (one per spatial axis)",
+            )
     else:
         if not isinstance(args["deep_supervision"], bool):
             raise _fail(
@@ -225,7 +238,14 @@ def parameter_count(architecture: str, arguments: Mapping[str, Any]) -> int | No
     total = _block(s, a["in_channels"], c[0], bn)
     total += sum(_block(s, c[i], c[i + 1], bn) for i in range(d))
     if architecture == "unet":
-        total += sum(_upconv(s, c[i + 1], c[i]) + _block(s, 2 * c[i], c[i], bn) for i in range(d))
+        # The up-convolution's kernel is the pooling window of its level (anisotropic volumes).
+        spacing = a.get("spacing")
+        windows = [2**s] * d
+        if spacing is not None:
+            windows = [math.prod(k) for k in pool_kernels_for_spacing(spacing, d)]
+        total += sum(
+            c[i + 1] * c[i] * windows[i] + c[i] + _block(s, 2 * c[i], c[i], bn) for i in range(d)
+        )
         return total + head
     for i in range(d):
         for j in range(1, d - i + 1):
