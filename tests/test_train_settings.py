@@ -20,7 +20,13 @@ def test_presets_fill_only_what_is_not_given():
     gpu, _ = make_run(preset="gpu")
     cpu, _ = make_run(preset="cpu")
     assert (gpu.depth, gpu.base_channels) == (4, 64)  # the paper
-    assert (cpu.depth, cpu.base_channels) == (4, 32)
+    assert (cpu.depth, cpu.base_channels) == (3, 16)  # the demo's network
+    _, gpu_config = make_run(preset="gpu")
+    _, cpu_config = make_run(preset="cpu")
+    assert gpu_config.tile_shape is None and gpu_config.optimizer == "sgd"
+    assert gpu_config.iterations == 1000
+    assert cpu_config.tile_shape == (124, 124) and cpu_config.optimizer == "adam"
+    assert cpu_config.iterations == 300
     mine, _ = make_run(preset="cpu", base_channels=8, depth=2)
     assert (mine.depth, mine.base_channels) == (2, 8)
     with pytest.raises(UsageError, match="unknown preset"):

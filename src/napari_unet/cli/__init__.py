@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
 
 from .. import __version__
@@ -88,6 +89,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run a command line; returns the exit code (see the module docstring)."""
     args = build_parser().parse_args(argv)
     debug = bool(getattr(args, "debug", False))
+    previous = warnings.formatwarning
+    if not debug:  # warnings as one line each, not file:line and source
+        warnings.formatwarning = _one_line_warning
     try:
         return int(args.run(args) or 0)
     except CommandError as err:
@@ -108,3 +112,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(f"napari-unet {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        warnings.formatwarning = previous
+
+
+def _one_line_warning(message: Warning | str, *args: object, **kwargs: object) -> str:
+    return f"napari-unet: warning: {message}\n"

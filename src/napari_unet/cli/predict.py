@@ -326,6 +326,7 @@ def _chunked_targets(args: argparse.Namespace, inputs: list[Path]) -> tuple[Path
 
 
 def _run_chunked(args: argparse.Namespace, model: tuple, config: Any) -> int:
+    from ..outputs import remove_orphans
     from ..segment import dask_scheduler, segment_chunked
 
     try:
@@ -344,7 +345,8 @@ def _run_chunked(args: argparse.Namespace, model: tuple, config: Any) -> int:
         raise CommandError(
             f"--labels-margin must be >= 1, got {args.labels_margin}", code=EXIT_USAGE
         )
-    _, targets = _chunked_targets(args, inputs)
+    folder, targets = _chunked_targets(args, inputs)
+    remove_orphans(folder)  # stores of a killed run, under temporary names
     with contextlib.ExitStack() as stack:
         try:
             client = stack.enter_context(dask_scheduler(args.scheduler))

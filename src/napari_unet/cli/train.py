@@ -76,12 +76,16 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--preset",
         default="gpu",
         choices=("gpu", "cpu"),
-        help="gpu (default): the paper's network, 64 base channels; cpu: 32, for training "
-        "without a GPU (the Train widget's presets are the same)",
+        help="gpu (default): the paper's settings (depth 4, 64 base channels, 572 px tiles, "
+        "SGD, 1000 iterations); cpu: the demo's (depth 3, 16 base channels, 124 px tiles, "
+        "Adam, 300 iterations; minutes without a GPU). The Train widget has the same presets; "
+        "the options below override them",
     )
-    arch.add_argument("--depth", type=int, help="poolings (default 4, the paper)")
     arch.add_argument(
-        "--base-channels", type=int, help="default from --preset: 64 (gpu, the paper), 32 (cpu)"
+        "--depth", type=int, help="poolings (default from --preset: 4, the paper (gpu); 3 (cpu))"
+    )
+    arch.add_argument(
+        "--base-channels", type=int, help="default from --preset: 64 (gpu, the paper), 16 (cpu)"
     )
     arch.add_argument(
         "--padding",
@@ -101,10 +105,20 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _add_training_arguments(parser: argparse.ArgumentParser) -> None:
     opt = parser.add_argument_group("training")
-    opt.add_argument("--iterations", type=int, default=1000, metavar="N")
-    opt.add_argument("--tile", type=int, metavar="N", help="input tile side (default 572)")
+    opt.add_argument(
+        "--iterations", type=int, metavar="N", help="default from --preset: 1000 (gpu), 300 (cpu)"
+    )
+    opt.add_argument(
+        "--tile",
+        type=int,
+        metavar="N",
+        help="input tile side (default from --preset: automatic, 572 for the paper's network "
+        "(gpu); 124 (cpu))",
+    )
     opt.add_argument("--batch-size", type=int, default=1)
-    opt.add_argument("--optimizer", default="sgd", choices=("sgd", "adam"))
+    opt.add_argument(
+        "--optimizer", choices=("sgd", "adam"), help="default from --preset: sgd (gpu), adam (cpu)"
+    )
     opt.add_argument("--lr", type=float, help="learning rate (default 0.01 SGD, 0.001 Adam)")
     opt.add_argument(
         "--schedule", default="constant", choices=("constant", "cosine", "poly", "step")
@@ -173,7 +187,7 @@ def _config(args: argparse.Namespace, in_channels: int) -> tuple[Any, Any]:
             iterations=args.iterations,
             val_every=args.val_every,
             augment=not args.no_augment,
-            tile_shape=None if args.tile is None else (args.tile, args.tile),
+            tile=args.tile,
             batch_size=args.batch_size,
             optimizer=args.optimizer,
             lr=args.lr,
