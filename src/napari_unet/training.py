@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from . import __version__
-from ._modelfile import load_checkpoint, save_model
+from ._modelfile import load_checkpoint, load_model, save_model
 from .devices import select_device
 from .errors import DataWarning, InputError
 from .losses import hybrid_loss, soft_dice_loss, weighted_cross_entropy
@@ -45,6 +45,7 @@ from .models import UNet
 from .normalize import Normalization
 from .outputs import check_outputs
 from .progress import Progress
+from .scale import object_diameter, rescale_image, scale_factor
 from .tensortable import optimizer_kind
 from .weights import instances_to_classes, weight_map
 
@@ -138,6 +139,29 @@ class TrainConfig:
         Random 90-degree rotations and mirroring.
     grey_values : bool
         Random brightness, contrast and gamma changes.
+    intensity : bool
+        Stronger intensity augmentation, for models that must work on
+        images of any brightness: wider gamma and contrast, a background
+        offset, Gaussian noise and a smooth gain field (dim objects beside
+        bright ones). Adds to ``grey_values``.
+    object_diameter : float, optional
+        Size normalisation: every plane is rescaled so the median diameter
+        of its objects (:func:`napari_unet.scale.object_diameter`) is this
+        many pixels, and the model file records it as the model's
+        ``object_diameter``; prediction then rescales images to it. Default:
+        no rescaling, and the model records the median diameter of its
+        training labels.
+    zoom_range : (float, float), optional
+        Random zoom of each tile (log-uniform in this range), so the model
+        tolerates objects somewhat off its training size. Default: none.
+    choose_postprocessing : bool
+        At the end, choose the post-processing (threshold, watershed or
+        connected components, seed and size limits) on the fully annotated
+        validation planes and store it in the model files
+        (:func:`napari_unet.tuning.choose_postprocessing`).
+    postprocessing_metric : {"auto", "dsb", "ap50", "rand", "pixel"}
+        What that choice maximises; ``"auto"``: the DSB score with the
+        border class (instances), else the ISBI Rand error (cells).
     normalization : {"image", "dataset", "none"}
         Scope of the percentile normalisation (see
         :class:`~napari_unet.normalize.Normalization`).
@@ -190,6 +214,11 @@ class TrainConfig:
     elastic_sigma: float = 10.0
     flips: bool = True
     grey_values: bool = True
+    intensity: bool = False
+    object_diameter: float | None = None
+    zoom_range: tuple[float, float] | None = None
+    choose_postprocessing: bool = True
+    postprocessing_metric: str = "auto"
     normalization: str = "image"
     norm_low: float = 1.0
     norm_high: float = 99.8
@@ -205,6 +234,19 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.tile_shape is not None:
             self.tile_shape = tuple(int(t) for t in self.tile_shape)
+        if self.zoom_range is not None:
+            self.zoom_range = tuple(float(z) for z in self.zoom_range)
+            if len(self.zoom_range) != 2 or not 0 < self.zoom_range[0] <= self.zoom_range[1]:
+                raise ValueError(
+                    f"`zoom_range` must be (low, high), 0 < low <= high, got {self.zoom_range}"
+                )
+        if self.object_diameter is not None and not (
+            self.object_diameter > 0 and math.isfinite(self.object_diameter)
+        ):
+            raise ValueError(
+                f"`object_diameter` must be a positive number of pixels or None, got "
+                f"{self.object_diameter!r}"
+            )
         for name in ("iterations", "batch_size", "val_every", "checkpoint_every"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -224,6 +266,7 @@ class TrainConfig:
             ("lr_schedule", _SCHEDULES),
             ("loss", ("auto", *_LOSSES)),
             ("monitor", ("val_loss", "pixel_error", "rand_error")),
+            ("postprocessing_metric", ("auto", "dsb", "ap50", "rand", "pixel")),
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"`{name}` must be one of {allowed}, got {getattr(self, name)!r}")
@@ -242,8 +285,9 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (tuples become lists)."""
         data = asdict(self)
-        if data["tile_shape"] is not None:
-            data["tile_shape"] = list(data["tile_shape"])
+        for name in ("tile_shape", "zoom_range"):
+            if data[name] is not None:
+                data[name] = list(data[name])
         return data
 
     @classmethod
@@ -346,6 +390,7 @@ class _ValPlane:
     classes: np.ndarray  # (Y, X) uint8
     weights: np.ndarray  # (Y, X) float32
     masked: bool
+    labels: np.ndarray | None = None  # (Y, X) instances, for choosing the post-processing
 
 
 def _as_sample(item: Any, index: int) -> Sample:
@@ -507,6 +552,35 @@ def _prepare_plane(
     )
 
 
+def _normalise_size(
+    planes: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]],
+    diameters: Sequence[float],
+    target: float,
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+    """Rescale each plane so its objects' median diameter is ``target`` pixels.
+
+    Planes without objects (nan diameter) stay as they are.
+    """
+    out = []
+    for (image, labels, mask), diameter in zip(planes, diameters, strict=True):
+        factor = scale_factor(diameter, target) if math.isfinite(diameter) else 1.0
+        if factor != 1.0:
+            image = rescale_image(image, factor)
+            labels = rescale_image(labels, factor, order=0)
+            if mask is not None:
+                mask = rescale_image(mask.astype(np.uint8), factor, order=0).astype(bool)
+        out.append((image, labels, mask))
+    return out
+
+
+def _model_diameter(config: TrainConfig, diameters: Sequence[float]) -> float | None:
+    """The ``object_diameter`` a model trained with these settings records."""
+    if config.object_diameter is not None:
+        return float(config.object_diameter)
+    finite = [d for d in diameters if math.isfinite(d)]
+    return round(float(np.median(finite)), 2) if finite else None
+
+
 def _default_tile(model: nn.Module, planes: Sequence[tuple]) -> tuple[int, int]:
     smallest = tuple(min(p[1].shape[axis] for p in planes) for axis in (0, 1))
     if model.padding == "same":
@@ -542,12 +616,15 @@ def _check_tile(model: nn.Module, tile: Sequence[int]) -> tuple[int, int]:
 def _augmentation(config: TrainConfig, square: bool) -> Any:
     """The augmentation pipeline the settings ask for (an ``augment.Compose``)."""
     from . import augment
+    from .augment_zoom_gain import RandomGainField, RandomZoom
 
     transforms: list = []
     if config.flips:
         transforms.append(augment.RandomFlip())
         if square:  # odd quarter turns would change a non-square tile's shape
             transforms.append(augment.RandomRot90())
+    if config.zoom_range is not None:
+        transforms.append(RandomZoom(config.zoom_range))
     if config.elastic:
         transforms.append(
             augment.ElasticDeform(grid=config.elastic_grid, sigma=config.elastic_sigma)
@@ -556,6 +633,14 @@ def _augmentation(config: TrainConfig, square: bool) -> Any:
         # Around the normalised [0, 1] range: mild contrast, brightness and gamma changes.
         transforms.append(augment.RandomContrast(contrast=(0.75, 1.25), brightness=(-0.1, 0.1)))
         transforms.append(augment.RandomGamma(gamma_range=(0.7, 1.5)))
+    if config.intensity:
+        # Dim, low-contrast, offset and noisy versions of the normalised image.
+        transforms.append(RandomGainField((0.25, 1.0), p=0.5))
+        transforms.append(augment.RandomGamma(gamma_range=(0.5, 2.0), p=0.5))
+        transforms.append(
+            augment.RandomContrast(contrast=(0.4, 1.2), brightness=(-0.15, 0.25), p=0.5)
+        )
+        transforms.append(augment.GaussianNoise(std=(0.0, 0.08), p=0.5))
     return augment.Compose(transforms)
 
 
@@ -727,6 +812,27 @@ def _validate(
     return metrics
 
 
+def _choose_postprocessing(
+    model: nn.Module, planes: list[_ValPlane], device: torch.device, config: TrainConfig
+) -> Generator[Progress, None, dict[str, Any] | None]:
+    """Post-processing settings chosen on the fully annotated validation planes."""
+    from .tiling import predict_tiled
+    from .tuning import choose_postprocessing
+
+    usable = [p for p in planes if not p.masked and p.labels is not None]
+    if not usable:
+        return None
+    probabilities = []
+    for index, plane in enumerate(usable):
+        probabilities.append(predict_tiled(model, plane.image, device=device))
+        yield Progress(index + 1, len(usable), "postprocessing")
+    metric = config.postprocessing_metric
+    if metric == "auto":
+        metric = "dsb" if config.border_class else "rand"
+    labels = [p.labels for p in usable]
+    return choose_postprocessing(probabilities, labels, metric=metric)
+
+
 def train_iter(
     samples: Sequence[Any],
     *,
@@ -854,6 +960,13 @@ def train_iter(
         planes = [planes[i] for i in sorted(order[n_val:])]
     else:
         val_planes = []
+    diameters = [object_diameter(labels) for _, labels, _ in planes]
+    if config.object_diameter is not None:
+        planes = _normalise_size(planes, diameters, config.object_diameter)
+        val_planes = _normalise_size(
+            val_planes, [object_diameter(p[1]) for p in val_planes], config.object_diameter
+        )
+    model_diameter = _model_diameter(config, diameters)
 
     tile = (
         _check_tile(model, config.tile_shape)
@@ -878,7 +991,7 @@ def train_iter(
     for image, labels, mask in val_planes:
         classes, weights = _targets(labels, mask, config)
         validation.append(
-            _ValPlane(norm(image, channel_axis=0), classes, weights, mask is not None)
+            _ValPlane(norm(image, channel_axis=0), classes, weights, mask is not None, labels)
         )
         yield Progress(len(prepared) + len(validation), total_prep, "prepare")
         if cancel is not None and cancel():
@@ -932,11 +1045,14 @@ def train_iter(
     iteration = start
     saved_best = False
     saved_last = False
+    postprocessing: dict[str, Any] | None = None
 
     def metadata(finished: bool, cancelled: bool) -> dict[str, Any]:
         return {
             "classes": ["background", "cell", "border"][: config.num_classes],
             "normalization": norm.to_dict(),
+            "object_diameter": model_diameter,
+            "postprocessing": postprocessing,
             "training": {
                 "config": config.to_dict(),
                 "tile_shape": list(tile),
@@ -1066,6 +1182,17 @@ def train_iter(
         # Closed from outside (napari's Stop): keep what was trained so far.
         save(cancelled=True)
         raise
+    if validation and config.choose_postprocessing and not cancelled and main:
+        postprocessing = yield from _choose_postprocessing(model, validation, device, config)
+        if out is not None and saved_best and best["iteration"] == iteration:
+            save_model(model, best_path, metadata=metadata(True, False), overwrite=True)
+        elif out is not None and saved_best:
+            # The best file holds other weights: choose for those too.
+            kept, kept_meta = load_model(best_path)
+            kept_meta["postprocessing"] = yield from _choose_postprocessing(
+                kept, validation, device, config
+            )
+            save_model(kept, best_path, metadata=kept_meta, overwrite=True)
     save(finished=not cancelled, cancelled=cancelled)
     if world > 1:
         ddp.barrier()  # rank 0's files are complete when train returns on any rank

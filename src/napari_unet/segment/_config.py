@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -59,8 +59,19 @@ class SegmentConfig:
     postprocess : mapping, optional
         Further keywords of :func:`~napari_unet.postprocess.probabilities_to_labels`
         (``method``, ``min_size``, ``seed_threshold``, ...); None: the model's
-        recommendation (bundled models store one), else the defaults.
-        (``method``, ``min_size``, ``seed_threshold``, ...).
+        recommendation (chosen on its validation images,
+        :mod:`napari_unet.tuning`, or the bundled card's), else the defaults.
+        Sizes are in pixels at the model's object size (the image's own when
+        not rescaled).
+    diameter : float, "auto", None or "default"
+        Typical object diameter in the image, pixels (:mod:`napari_unet.scale`):
+        the image is rescaled so objects have the model's training size
+        (``object_diameter`` in its file), predicted, and the labels
+        returned at the original size. ``"auto"``: estimated from the image
+        by the model (the value used is in ``Segmentation.info``); None: no
+        rescaling. ``"default"``: ``"auto"`` for instance models (three
+        classes) that record their object size, else None. In-memory images
+        only (:func:`segment_dask` and :func:`segment_chunked` never rescale).
     """
 
     tile: int | None = None
@@ -73,8 +84,17 @@ class SegmentConfig:
     precision: str = "auto"
     probabilities: bool = True
     postprocess: Mapping[str, Any] | None = None
+    diameter: float | str | None = "default"
+    model_diameter: float | None = None  # filled in by resolve()
+    num_classes: int | None = None  # filled in by resolve()
 
     def __post_init__(self) -> None:
+        if isinstance(self.diameter, str) and self.diameter not in ("auto", "default"):
+            raise ValueError(f"`diameter` must be a number, 'auto' or None, got {self.diameter!r}")
+        if not isinstance(self.diameter, str | type(None)) and not self.diameter > 0:
+            raise ValueError(
+                f"`diameter` must be a positive number of pixels, got {self.diameter}"
+            )
         if self.tile is not None and (isinstance(self.tile, bool) or self.tile < 1):
             raise ValueError(f"`tile` must be a positive number of pixels, got {self.tile!r}")
         if isinstance(self.batch_size, bool) or self.batch_size < 1:
@@ -103,16 +123,23 @@ class SegmentConfig:
     def resolve(self, metadata: Mapping[str, Any]) -> SegmentConfig:
         """A copy with the unset settings taken from the model's recommendation."""
         from ..pretrained import recommended_threshold
+        from ..tuning import postprocessing_options
 
         card = (metadata.get("pretrained") or {}).get("postprocessing") or {}
-        changes: dict[str, Any] = {}
+        stored = postprocessing_options(dict(metadata))  # chosen on the model's validation
+        changes: dict[str, Any] = {
+            "model_diameter": metadata.get("object_diameter"),
+            "num_classes": metadata.get("num_classes"),
+        }
         if self.threshold is None:
-            changes["threshold"] = recommended_threshold(dict(metadata))
+            changes["threshold"] = stored.get("threshold", recommended_threshold(dict(metadata)))
         if self.level is None and card.get("level") is not None:
             changes["level"] = int(card["level"])
         if self.postprocess is None:
             # e.g. em-membranes: cells are the 4-connected components ("method": "components").
             changes["postprocess"] = {k: card[k] for k in _POSTPROCESS_KEYS if k in card}
+            if metadata.get("postprocessing"):
+                changes["postprocess"] = {k: v for k, v in stored.items() if k != "threshold"}
         return replace(self, **changes) if changes else self
 
 
@@ -129,11 +156,15 @@ class Segmentation:
         ``(num_classes, *labels.shape)``; None unless ``config.probabilities``.
     config : SegmentConfig
         The settings used, with the model's recommendations filled in.
+    info : dict
+        What the run decided: ``diameter`` (pixels, None when not
+        rescaled), ``factor`` (the zoom predicted at), ``estimated``.
     """
 
     labels: np.ndarray
     probabilities: np.ndarray | None
     config: SegmentConfig
+    info: dict[str, Any] = field(default_factory=dict)  # e.g. the diameter used
 
 
 def load_segmenter(model: Any, *, level: int | None = None) -> tuple[nn.Module, dict[str, Any]]:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Generator
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from ..progress import Cancelled, Progress
+from ..scale import estimate_diameter, rescale_image, restore_probabilities, scale_factor
+from ..tuning import scaled_sizes
 from ._config import (
     Segmentation,
     SegmentConfig,
@@ -54,12 +57,54 @@ def iter_segment(
     yield Progress(0, 1, "normalize")
     from ..tiling import iter_predict_stack
 
+    factor, info = yield from _diameter_step(net, normalized, axis, config)
+    shape = normalized.shape[-2:]
+    if factor != 1.0:
+        normalized = rescale_image(normalized, factor)
     probs = yield from iter_predict_stack(
         net, normalized, channel_axis=axis, tta=config.tta, **_predict_kwargs(config)
     )
     del normalized
+    if factor != 1.0:
+        probs = restore_probabilities(probs, shape)
+        config = replace(config, postprocess=scaled_sizes(config.postprocess or {}, factor))
     labels = yield from _iter_label_planes(probs, config)
-    return Segmentation(labels, probs if config.probabilities else None, config)
+    return Segmentation(labels, probs if config.probabilities else None, config, info)
+
+
+def _diameter_step(
+    net: Any, normalized: np.ndarray, axis: int | None, config: SegmentConfig
+) -> Generator[Progress, None, tuple[float, dict[str, Any]]]:
+    """The zoom that gives the objects the model's size, and what was used."""
+    diameter = config.diameter
+    if diameter == "default":
+        instance = config.num_classes == 3 and config.model_diameter is not None
+        diameter = "auto" if instance else None
+    if diameter is None or config.model_diameter is None:
+        return 1.0, {"diameter": None, "factor": 1.0}
+    if diameter != "auto":
+        factor = scale_factor(float(diameter), config.model_diameter)
+        return factor, {"diameter": float(diameter), "factor": factor, "estimated": False}
+    from ..tiling import predict_tiled
+
+    # Estimated on one plane (the middle one of a stack), with its channels.
+    lead = normalized.shape[: normalized.ndim - (2 if axis is None else 3)]
+    plane = normalized[tuple(n // 2 for n in lead)]
+    kwargs = _predict_kwargs(config)
+
+    def label(probs: np.ndarray, factor: float) -> np.ndarray:
+        options = scaled_sizes(config.postprocess or {}, factor)
+        return _labels_of_plane(probs, replace(config, postprocess=options))
+
+    yield Progress(0, 1, "diameter")
+    found = estimate_diameter(
+        lambda x: predict_tiled(net, x, **kwargs), label, plane, config.model_diameter
+    )
+    yield Progress(1, 1, "diameter", {"diameter": found["diameter"]})
+    if not np.isfinite(found["diameter"]):
+        return 1.0, {"diameter": None, "factor": 1.0, "estimated": True}
+    factor = scale_factor(found["diameter"], config.model_diameter)
+    return factor, {"diameter": round(found["diameter"], 2), "factor": factor, "estimated": True}
 
 
 def segment(

@@ -1,0 +1,387 @@
+"""Object size: measure it, and rescale images so objects have the model's size.
+
+A network learns objects of the sizes it was trained on. Nuclei twice as
+large as the training nuclei come out in fragments; half as large, merged or
+missed. Cellpose's ``diameter`` and StarDist's ``scale`` exist for this: the
+image is rescaled so its objects have the training size, the network runs at
+that scale and the result is mapped back to the image's own pixels.
+
+Every model file records the typical object diameter of its training labels
+(metadata key ``object_diameter``, pixels; see :func:`object_diameter`).
+:func:`scale_factor` turns a diameter measured on a new image into the zoom
+for :func:`rescale_image`; :func:`restore_probabilities` and
+:func:`restore_labels` map the results back onto the original grid, aligned
+pixel centre to pixel centre. :func:`estimate_diameter` guesses the diameter
+of an image's objects with the model itself (``diameter="auto"``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from scipy import ndimage as ndi
+
+__all__ = [
+    "estimate_diameter",
+    "object_diameter",
+    "predict_at_diameter",
+    "predict_rescaled",
+    "rescale_image",
+    "restore_labels",
+    "restore_probabilities",
+    "scale_factor",
+]
+
+# Zooms closer to 1 than this leave the image as it is: resampling would blur
+# it for no gain (a 5 % size mismatch is well within what training covers).
+_NO_RESCALE = 0.05
+
+
+def object_diameter(labels: np.ndarray) -> float:
+    """Median equivalent diameter of the instances in a label image.
+
+    Parameters
+    ----------
+    labels : ndarray of int, shape (Y, X) or (Z, Y, X)
+        Instances, 0 = background. A (Z, Y, X) stack is measured plane by
+        plane (2D diameters of the objects' cross-sections).
+
+    Returns
+    -------
+    diameter : float
+        Median over the objects (over all planes for a stack) of the diameter
+        of the disc with the object's area, ``sqrt(4 * area / pi)``, in
+        pixels; ``nan`` when there are no objects.
+
+    Examples
+    --------
+    >>> labels = np.zeros((40, 40), dtype=int)
+    >>> labels[5:15, 5:15] = 1  # area 100: diameter 11.28
+    >>> round(object_diameter(labels), 2)
+    11.28
+    """
+    labels = np.asarray(labels)
+    if labels.ndim not in (2, 3):
+        raise ValueError(f"`labels` (shape {labels.shape}) must be (Y, X) or (Z, Y, X)")
+    if not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == np.bool_):
+        raise ValueError(f"`labels` must be integer instance ids, got dtype {labels.dtype}")
+    planes = labels if labels.ndim == 3 else labels[np.newaxis]
+    areas = []
+    for plane in planes:
+        flat = plane.ravel()
+        if flat.size and flat.min() < 0:
+            raise ValueError("`labels` must be >= 0 (0 = background)")
+        counts = np.bincount(flat.astype(np.int64, copy=False))[1:]
+        areas.append(counts[counts > 0])
+    areas = np.concatenate(areas) if areas else np.zeros(0)
+    if areas.size == 0:
+        return math.nan
+    return float(np.median(np.sqrt(4.0 * areas / math.pi)))
+
+
+def scale_factor(diameter: float | None, model_diameter: float | None) -> float:
+    """Zoom that gives objects of ``diameter`` pixels the model's training size.
+
+    Parameters
+    ----------
+    diameter : float or None
+        Typical object diameter in the image (pixels); None: no rescaling.
+    model_diameter : float or None
+        The model's ``object_diameter`` (pixels); None (a model file that
+        does not record it): no rescaling.
+
+    Returns
+    -------
+    factor : float
+        ``model_diameter / diameter``, or exactly 1.0 when either is None or
+        the factor is within 5 % of 1.
+    """
+    if diameter is None or model_diameter is None:
+        return 1.0
+    if not (diameter > 0 and math.isfinite(diameter)):
+        raise ValueError(
+            f"`diameter` must be a positive number of pixels, got {diameter!r}; "
+            "pass None for no rescaling or 'auto' to estimate it"
+        )
+    if not (model_diameter > 0 and math.isfinite(model_diameter)):
+        raise ValueError(f"the model's object_diameter must be positive, got {model_diameter!r}")
+    factor = float(model_diameter) / float(diameter)
+    return 1.0 if abs(factor - 1.0) < _NO_RESCALE else factor
+
+
+def _scaled_shape(shape: Sequence[int], factor: float) -> tuple[int, ...]:
+    return tuple(max(1, round(s * factor)) for s in shape)
+
+
+def _resize(array: np.ndarray, shape: tuple[int, ...], order: int) -> np.ndarray:
+    """Resample the trailing ``len(shape)`` axes to ``shape`` (pixel centres aligned).
+
+    Output pixel ``i`` samples the input at ``(i + 0.5) * in / out - 0.5``:
+    the convention of skimage.transform.resize and of PyTorch's
+    ``align_corners=False``, so an object keeps its centre when zoomed.
+    Downsampling with ``order >= 1`` first smooths (Gaussian, sigma
+    ``(1 / factor - 1) / 2``) so fine texture does not alias.
+    """
+    spatial = len(shape)
+    in_shape = array.shape[-spatial:]
+    lead = array.shape[:-spatial]
+    if tuple(in_shape) == tuple(shape):
+        return array
+    scales = [i / o for i, o in zip(in_shape, shape, strict=True)]
+    if order > 0:
+        sigma = [0.0] * len(lead) + [max(0.0, (s - 1.0) / 2.0) for s in scales]
+        if any(sigma):
+            array = ndi.gaussian_filter(array, sigma, mode="mirror")
+    grids = [(np.arange(o) + 0.5) * s - 0.5 for o, s in zip(shape, scales, strict=True)]
+    coords = np.meshgrid(*grids, indexing="ij")
+    flat = array.reshape(-1, *in_shape)
+    out = np.empty((flat.shape[0], *shape), dtype=array.dtype)
+    for k, part in enumerate(flat):
+        out[k] = ndi.map_coordinates(part, coords, order=order, mode="nearest")
+    return out.reshape(*lead, *shape)
+
+
+def rescale_image(
+    image: np.ndarray, factor: float, *, spatial_dims: int = 2, order: int = 1
+) -> np.ndarray:
+    """Zoom the last ``spatial_dims`` axes of an image by ``factor``.
+
+    Parameters
+    ----------
+    image : ndarray, shape (..., Y, X)
+        Leading axes (channels, planes) are kept; each is resampled alike.
+    factor : float
+        Zoom (> 0); the new size is ``round(size * factor)`` per axis.
+    spatial_dims : int
+        Trailing axes to zoom (2: Y and X; Z is never zoomed for 2D models).
+    order : int
+        Interpolation: 1 linear (images, probabilities), 0 nearest (labels).
+
+    Returns
+    -------
+    rescaled : ndarray
+        Float32 for ``order >= 1`` (the input dtype for ``order=0``).
+    """
+    image = np.asarray(image)
+    if not (factor > 0 and math.isfinite(factor)):
+        raise ValueError(f"`factor` must be a positive number, got {factor!r}")
+    if image.ndim < spatial_dims:
+        raise ValueError(f"`image` (shape {image.shape}) has fewer than {spatial_dims} axes")
+    if factor == 1.0:
+        return image
+    shape = _scaled_shape(image.shape[-spatial_dims:], factor)
+    if order > 0:
+        image = image.astype(np.float32, copy=False)
+    return _resize(image, shape, order)
+
+
+def restore_probabilities(probs: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """Resample probabilities predicted on a rescaled image back to ``shape``.
+
+    Parameters
+    ----------
+    probs : ndarray of float, shape (num_classes, ..., Y', X')
+    shape : (Y, X)
+        The original image's spatial shape.
+
+    Returns
+    -------
+    probs : ndarray of float32, shape (num_classes, ..., Y, X)
+        Linear interpolation (no smoothing: class maps are already smooth),
+        renormalised so the classes still sum to 1 per pixel.
+    """
+    shape = tuple(int(s) for s in shape)
+    probs = np.asarray(probs, dtype=np.float32)
+    if tuple(probs.shape[-len(shape) :]) == shape:
+        return probs
+    out = _resize(probs, shape, order=1)
+    np.clip(out, 0.0, 1.0, out=out)
+    total = out.sum(axis=0, keepdims=True)
+    return out / np.maximum(total, 1e-12)
+
+
+def restore_labels(labels: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """Resample labels made on a rescaled image back to ``shape`` (nearest, ids kept)."""
+    shape = tuple(int(s) for s in shape)
+    return _resize(np.asarray(labels), shape, order=0)
+
+
+def predict_rescaled(
+    predict: Callable[[np.ndarray], np.ndarray],
+    image: np.ndarray,
+    factor: float,
+    *,
+    spatial_dims: int = 2,
+) -> np.ndarray:
+    """Predict on the image zoomed by ``factor``; probabilities at the original size.
+
+    Parameters
+    ----------
+    predict : callable
+        ``predict(image) -> probs``: the network on a (normalised) image of
+        shape (..., Y', X'), returning (num_classes, ..., Y', X').
+    image : ndarray, shape (..., Y, X)
+        The normalised image (channels, if any, on a leading axis).
+    factor : float
+        Zoom (:func:`scale_factor`); 1.0 predicts the image as it is.
+    spatial_dims : int
+        Trailing axes zoomed (2: Y, X).
+
+    Returns
+    -------
+    probs : ndarray of float32, shape (num_classes, ..., Y, X)
+        Aligned with ``image`` pixel for pixel.
+    """
+    if factor == 1.0:
+        return np.asarray(predict(image), dtype=np.float32)
+    shape = image.shape[-spatial_dims:]
+    probs = predict(rescale_image(image, factor, spatial_dims=spatial_dims))
+    return restore_probabilities(probs, shape)
+
+
+def estimate_diameter(
+    predict: Callable[[np.ndarray], np.ndarray],
+    label: Callable[[np.ndarray, float], np.ndarray],
+    image: np.ndarray,
+    model_diameter: float,
+    *,
+    factors: Sequence[float] = (0.25, 0.5, 1.0, 2.0),
+    min_objects: int = 3,
+) -> dict[str, Any]:
+    """Estimate the typical object diameter of an image with the model itself.
+
+    The model runs on the image zoomed by each of ``factors``; at each zoom
+    the objects it finds are measured (:func:`object_diameter`, converted to
+    the image's own pixels). The zoom at which the objects come out closest
+    to the model's training size (in log scale) is the one where the model
+    sees what it was trained on (too large and it fragments them, too small
+    and it merges or misses them), so its measurement is trusted; one more
+    pass at the zoom that measurement implies refines it.
+
+    Parameters
+    ----------
+    predict : callable
+        ``predict(image) -> probs`` (see :func:`predict_rescaled`).
+    label : callable
+        ``label(probs, factor) -> labels``: the model's post-processing of
+        probabilities predicted at zoom ``factor`` and restored to the
+        image's size (``factor`` lets it scale its size thresholds).
+    image : ndarray, shape (..., Y, X)
+        The normalised image.
+    model_diameter : float
+        The model's ``object_diameter`` (pixels).
+    factors : sequence of float
+        First-pass zooms. The default suits objects from about half to
+        eight times the training size.
+    min_objects : int
+        Zooms that find fewer objects are not trusted (unless none finds more).
+
+    Returns
+    -------
+    result : dict
+        ``diameter`` (float, pixels of ``image``; ``nan`` when no zoom found
+        an object), ``factor`` (the zoom it implies, 1.0 when unknown),
+        ``passes``: one ``{"factor", "objects", "diameter"}`` per pass.
+    """
+    if not (model_diameter > 0 and math.isfinite(model_diameter)):
+        raise ValueError(f"`model_diameter` must be positive, got {model_diameter!r}")
+    passes: list[dict[str, float]] = []
+
+    def measure(factor: float) -> dict[str, float]:
+        labels = label(predict_rescaled(predict, image, factor), factor)
+        count = int(len(np.unique(labels)) - (1 if (labels == 0).any() else 0))
+        found = {"factor": factor, "objects": count, "diameter": object_diameter(labels)}
+        passes.append(found)
+        return found
+
+    for factor in factors:
+        measure(float(factor))
+    usable = [p for p in passes if p["objects"] >= min_objects] or [
+        p for p in passes if p["objects"] > 0
+    ]
+    if not usable:
+        return {"diameter": math.nan, "factor": 1.0, "passes": passes}
+
+    def mismatch(p: dict[str, float]) -> float:
+        # The diameter measured at the original size is p["diameter"]; the
+        # model saw objects of p["diameter"] * p["factor"] pixels.
+        return abs(math.log(p["diameter"] * p["factor"] / model_diameter))
+
+    best = min(usable, key=mismatch)
+    refined = model_diameter / best["diameter"]
+    if min(abs(math.log(refined / p["factor"])) for p in passes) > 0.1:
+        again = measure(refined)
+        if again["objects"] >= min(min_objects, best["objects"]) and mismatch(again) < mismatch(
+            best
+        ):
+            best = again
+    diameter = float(best["diameter"])
+    return {"diameter": diameter, "factor": model_diameter / diameter, "passes": passes}
+
+
+def predict_at_diameter(
+    predict: Callable[[np.ndarray], np.ndarray],
+    label: Callable[[np.ndarray, float], np.ndarray],
+    image: np.ndarray,
+    *,
+    model_diameter: float | None,
+    diameter: float | str | None = "auto",
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """The diameter step of the pipeline: predict at the model's object size.
+
+    Parameters
+    ----------
+    predict, label : callable
+        As for :func:`estimate_diameter`.
+    image : ndarray, shape (..., Y, X)
+        The normalised image.
+    model_diameter : float or None
+        The model's ``object_diameter``; None (older model files): the image
+        is predicted as it is, whatever ``diameter`` says.
+    diameter : float, "auto" or None
+        Typical object diameter in the image, pixels; ``"auto"``: estimated
+        (:func:`estimate_diameter`); None: no rescaling.
+
+    Returns
+    -------
+    probs : ndarray of float32, (num_classes, ..., Y, X)
+        At the image's size.
+    labels : ndarray
+        ``label(probs, factor)``.
+    info : dict
+        ``diameter`` (the value used, pixels, or None), ``factor`` (the zoom
+        predicted at), ``estimated`` (True for ``"auto"``) and, when
+        estimated, ``passes``.
+    """
+    info: dict[str, Any] = {"diameter": None, "factor": 1.0, "estimated": False}
+    if isinstance(diameter, str) and diameter != "auto":
+        raise ValueError(
+            f"`diameter` must be a number of pixels, 'auto' or None, got {diameter!r}"
+        )
+    cache: dict[tuple[int, ...], np.ndarray] = {}
+
+    def cached(x: np.ndarray) -> np.ndarray:
+        # Estimation predicts at several zooms; the chosen one is not predicted twice.
+        if x.shape not in cache:
+            cache[x.shape] = np.asarray(predict(x), dtype=np.float32)
+        return cache[x.shape]
+
+    factor = 1.0
+    if model_diameter is not None and diameter == "auto":
+        found = estimate_diameter(cached, label, image, model_diameter)
+        info.update(estimated=True, passes=found["passes"])
+        if math.isfinite(found["diameter"]):
+            factor = scale_factor(found["diameter"], model_diameter)
+            near = min(found["passes"], key=lambda p: abs(math.log(p["factor"] / factor)))
+            if abs(math.log(near["factor"] / factor)) < 0.1:
+                factor = near["factor"]
+            info["diameter"] = round(found["diameter"], 2)
+    elif model_diameter is not None and diameter is not None:
+        factor = scale_factor(float(diameter), model_diameter)
+        info["diameter"] = float(diameter)
+    info["factor"] = factor
+    probs = predict_rescaled(cached, image, factor)
+    return probs, label(probs, factor), info

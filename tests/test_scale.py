@@ -1,0 +1,150 @@
+"""Object size: measuring diameters, rescaling aligned, estimating with a model."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from napari_unet.scale import (
+    estimate_diameter,
+    object_diameter,
+    predict_rescaled,
+    rescale_image,
+    restore_labels,
+    restore_probabilities,
+    scale_factor,
+)
+
+
+def discs(shape=(96, 96), radius=6.0, spacing=24, offset=(11.3, 12.7)) -> np.ndarray:
+    """A grid of discs at sub-pixel centres, labelled 1..N."""
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    labels = np.zeros(shape, dtype=np.int32)
+    k = 0
+    for cy in np.arange(offset[0], shape[0] - radius, spacing):
+        for cx in np.arange(offset[1], shape[1] - radius, spacing):
+            k += 1
+            labels[(yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2] = k
+    return labels
+
+
+def centroids(labels: np.ndarray) -> np.ndarray:
+    ids = np.arange(1, labels.max() + 1)
+    return np.array(ndi.center_of_mass(labels > 0, labels, ids))
+
+
+def test_object_diameter_of_discs_and_squares():
+    assert object_diameter(discs(radius=6.0)) == pytest.approx(12.0, rel=0.05)
+    assert object_diameter(discs(radius=10.0, spacing=30)) == pytest.approx(20.0, rel=0.05)
+    square = np.zeros((30, 30), dtype=np.uint16)
+    square[2:12, 2:12] = 7
+    assert object_diameter(square) == pytest.approx(math.sqrt(400 / math.pi))
+    assert math.isnan(object_diameter(np.zeros((8, 8), dtype=int)))
+    with pytest.raises(ValueError, match="integer"):
+        object_diameter(np.zeros((8, 8)))
+
+
+def test_scale_factor():
+    assert scale_factor(40.0, 20.0) == 0.5
+    assert scale_factor(None, 20.0) == 1.0
+    assert scale_factor(20.0, None) == 1.0
+    assert scale_factor(20.5, 20.0) == 1.0  # within 5 %: no resampling
+    with pytest.raises(ValueError, match="diameter"):
+        scale_factor(-3.0, 20.0)
+
+
+@pytest.mark.parametrize("factor", [0.5, 2.0, 0.37])
+def test_rescale_keeps_objects_aligned(factor):
+    labels = discs(radius=8.0, spacing=30)
+    image = (labels > 0).astype(np.float32)
+    small = rescale_image(image, factor)
+    assert small.shape == tuple(round(s * factor) for s in image.shape)
+    # Object centres move with the zoom about the pixel-centre convention.
+    zoomed = ndi.label(small > 0.5)[0]
+    actual = np.array(small.shape) / np.array(image.shape)  # the size is rounded
+    expected = (centroids(labels) + 0.5) * actual - 0.5
+    found = centroids(zoomed)
+    assert len(found) == len(expected)
+    assert np.abs(np.sort(found, axis=0) - np.sort(expected, axis=0)).max() < 0.3
+    # ... and the way back lands on the original pixels.
+    probs = np.stack([1.0 - small, small])
+    back = restore_probabilities(probs, image.shape)
+    assert back.shape == (2, *image.shape)
+    np.testing.assert_allclose(back.sum(axis=0), 1.0, atol=1e-5)
+    restored = ndi.label(back[1] > 0.5)[0]
+    assert np.abs(centroids(restored) - centroids(labels)).max() < 0.5
+    iou = ((restored > 0) & (labels > 0)).sum() / ((restored > 0) | (labels > 0)).sum()
+    assert iou > (0.9 if factor > 0.4 else 0.8)
+
+
+def test_restore_labels_keeps_ids():
+    labels = discs(radius=5.0)
+    up = rescale_image(labels, 2.0, order=0)
+    assert up.dtype == labels.dtype and set(np.unique(up)) == set(np.unique(labels))
+    back = restore_labels(up, labels.shape)
+    assert (back == labels).mean() > 0.99
+
+
+def test_predict_rescaled_identity_model_and_channels():
+    labels = discs(radius=6.0)
+    image = np.stack([(labels > 0).astype(np.float32)] * 2)  # (C, Y, X)
+    shapes = []
+
+    def predict(x):
+        shapes.append(x.shape)
+        return np.stack([1.0 - x[0], x[0]])
+
+    probs = predict_rescaled(predict, image, 0.5)
+    assert shapes == [(2, 48, 48)] and probs.shape == (2, 96, 96)
+    assert ((probs[1] > 0.5) == (labels > 0)).mean() > 0.97
+
+
+def _size_sensitive_model(model_diameter: float):
+    """A fake network that only sees objects of about its training size.
+
+    Objects whose diameter (in the pixels it is given) is within 0.7x-1.4x
+    ``model_diameter`` come out whole; larger ones in fragments (a grid of
+    cuts every model_diameter / 2 pixels); smaller ones not at all.
+    """
+
+    def predict(image):
+        fg = image > 0.5
+        labels, n = ndi.label(fg)
+        out = np.zeros(fg.shape, dtype=np.float32)
+        for index in range(1, n + 1):
+            obj = labels == index
+            d = math.sqrt(4 * obj.sum() / math.pi)
+            if 0.7 * model_diameter <= d <= 1.4 * model_diameter:
+                out[obj] = 1
+            elif d > 1.4 * model_diameter:
+                step = max(2, int(model_diameter / 2))
+                cut = np.zeros_like(obj)
+                cut[::step, :] = cut[:, ::step] = True
+                out[obj & ~cut] = 1
+        return np.stack([1 - out, out])
+
+    def label(probs, factor):
+        return ndi.label(probs[1] > 0.5)[0]
+
+    return predict, label
+
+
+@pytest.mark.parametrize("radius", [4.0, 12.0, 24.0])
+def test_estimate_diameter_finds_the_objects_size(radius):
+    spacing = int(4 * radius)
+    labels = discs(shape=(max(96, 5 * spacing),) * 2, radius=radius, spacing=spacing)
+    image = (labels > 0).astype(np.float32)
+    predict, label = _size_sensitive_model(model_diameter=16.0)
+    result = estimate_diameter(predict, label, image, 16.0)
+    assert result["diameter"] == pytest.approx(2 * radius, rel=0.12)
+    assert result["factor"] == pytest.approx(16.0 / result["diameter"])
+    assert len(result["passes"]) >= 4
+
+
+def test_estimate_diameter_without_objects():
+    predict, label = _size_sensitive_model(16.0)
+    result = estimate_diameter(predict, label, np.zeros((64, 64), np.float32), 16.0)
+    assert math.isnan(result["diameter"]) and result["factor"] == 1.0

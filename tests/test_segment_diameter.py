@@ -1,0 +1,80 @@
+"""The pipeline's diameter step and the post-processing stored in the model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_unet.models import UNet
+from napari_unet.segment import SegmentConfig, segment
+
+
+def _discs(radius: int, size: int) -> np.ndarray:
+    yy, xx = np.mgrid[:size, :size]
+    labels = np.zeros((size, size), np.int32)
+    k = 0
+    for cy in range(radius + 3, size - radius - 2, 2 * radius + 6):
+        for cx in range(radius + 3, size - radius - 2, 2 * radius + 6):
+            k += 1
+            labels[(yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2] = k
+    return labels
+
+
+def _model(classes: int = 3):
+    net = UNet(1, classes, depth=1, base_channels=2, padding="same").eval()
+    seen: list[tuple[int, ...]] = []
+    net.register_forward_pre_hook(lambda module, args: seen.append(tuple(args[0].shape[-2:])))
+    meta = {
+        "num_classes": classes,
+        "object_diameter": 16.0,
+        "normalization": {"method": "percentile", "scope": "none"},
+        "postprocessing": {"method": "components", "threshold": 0.3, "min_size": 8},
+    }
+    return net, meta, seen
+
+
+def test_a_given_diameter_rescales_and_returns_the_original_size():
+    net, meta, seen = _model()
+    image = (_discs(16, 96) > 0).astype(np.float32)
+    config = SegmentConfig.from_metadata(meta, device="cpu", backend="eager", diameter=32.0)
+    assert config.threshold == 0.3 and config.postprocess["method"] == "components"
+    result = segment((net, meta), image, config=config)
+    half = set(seen)
+    seen.clear()
+    segment((net, meta), image, config=SegmentConfig.from_metadata(meta, diameter=None))
+    # Tiles carry a mirrored margin, so compare with the unscaled run's tiles.
+    assert max(map(max, half)) < max(map(max, seen))
+    assert result.labels.shape == image.shape
+    assert result.probabilities.shape == (3, 96, 96)
+    assert result.info == {"diameter": 32.0, "factor": 0.5, "estimated": False}
+    # The user's settings replace the stored ones.
+    mine = SegmentConfig.from_metadata(meta, threshold=0.6, postprocess={"min_size": 2})
+    assert mine.threshold == 0.6 and mine.postprocess == {"min_size": 2}
+
+
+def test_auto_estimates_and_says_what_it_used():
+    net, meta, seen = _model()
+    image = (_discs(8, 64) > 0).astype(np.float32)
+    config = SegmentConfig.from_metadata(meta, device="cpu", backend="eager")
+    result = segment((net, meta), image, config=config)  # "default": auto for 3 classes
+    assert result.info["estimated"] is True
+    assert len({shape for shape in seen}) >= 3  # several zooms tried
+    assert result.labels.shape == image.shape
+
+
+def test_no_rescaling_for_none_two_class_models_and_old_files():
+    image = (_discs(8, 64) > 0).astype(np.float32)
+    net, meta, seen = _model(3)
+    segment((net, meta), image, config=SegmentConfig(diameter=None, device="cpu"))
+    unscaled = set(seen)
+    for classes, meta_change, diameter in ((3, {}, None), (2, {}, "default"), (3, None, 20.0)):
+        net, meta, seen = _model(classes)
+        if meta_change is None:
+            del meta["object_diameter"]  # a model file from before object sizes
+        config = SegmentConfig.from_metadata(meta, device="cpu", diameter=diameter)
+        result = segment((net, meta), image, config=config)
+        assert set(seen) == unscaled and result.info["factor"] == 1.0
+    with pytest.raises(ValueError, match="diameter"):
+        SegmentConfig(diameter="large")
+    with pytest.raises(ValueError, match="diameter"):
+        SegmentConfig(diameter=-4.0)
