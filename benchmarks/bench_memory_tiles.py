@@ -19,6 +19,9 @@ import torch
 
 from _common import Row
 
+# Eager PyTorch: the "auto" backend may switch to ONNX Runtime by timing.
+EAGER = {"backend": "eager", "precision": "fp32"}
+
 
 def _peak(fn) -> tuple[int, int]:
     tracemalloc.start()
@@ -38,9 +41,21 @@ def run(quick: bool = False) -> list[Row]:
     rows = []
     image = np.random.default_rng(0).integers(0, 255, (side, side), dtype=np.uint8)
     cases = [
-        ("predict_tiled", "valid", lambda net: predict_tiled(net, image, tile_shape=(512, 512))),
-        ("predict_stack", "valid", lambda net: predict_stack(net, image, tile_shape=(512, 512))),
-        ("predict_stack", "same", lambda net: predict_stack(net, image, tile_shape=(512, 512))),
+        (
+            "predict_tiled",
+            "valid",
+            lambda net: predict_tiled(net, image, tile_shape=(512, 512), **EAGER),
+        ),
+        (
+            "predict_stack",
+            "valid",
+            lambda net: predict_stack(net, image, tile_shape=(512, 512), **EAGER),
+        ),
+        (
+            "predict_stack",
+            "same",
+            lambda net: predict_stack(net, image, tile_shape=(512, 512), **EAGER),
+        ),
     ]
     for name, padding, call in cases:
         net = UNet(depth=2, base_channels=4, dropout=0.0, padding=padding).eval()

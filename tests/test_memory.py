@@ -14,6 +14,10 @@ from napari_unet.normalize import Normalization
 from napari_unet.postprocess import probabilities_to_labels
 from napari_unet.tiling import predict_stack, predict_tiled
 
+# The "auto" backend may switch to ONNX Runtime mid-run (by timing), which
+# allocates its own buffers: these tests measure the tiling, so eager it is.
+EAGER = {"backend": "eager", "precision": "fp32"}
+
 
 def _net(padding: str = "valid") -> UNet:
     torch.manual_seed(0)
@@ -47,9 +51,11 @@ def test_prediction_holds_one_output_array_plus_tile_buffers(padding, how):
     image = _cells(640)
     tile = (128, 128)
     if how == "stack":
-        run = lambda: predict_stack(net, image[np.newaxis], tile_shape=tile)  # noqa: E731
+        run = lambda: predict_stack(net, image[np.newaxis], tile_shape=tile, **EAGER)  # noqa: E731
     else:
-        run = lambda: predict_tiled(net, image, tile_shape=tile, tta=how == "tta")  # noqa: E731
+        run = lambda: predict_tiled(  # noqa: E731
+            net, image, tile_shape=tile, tta=how == "tta", **EAGER
+        )
     probs, peak = _traced_peak(run)
     tile_buffers = 2**20  # a few 128² float32 tiles and their probabilities
     assert peak <= probs.nbytes + tile_buffers, (peak / image.size, probs.nbytes / image.size)
@@ -58,7 +64,7 @@ def test_prediction_holds_one_output_array_plus_tile_buffers(padding, how):
 def test_nan_check_and_float_conversion_need_no_image_sized_copy():
     net = _net()
     image = np.random.default_rng(1).normal(size=(512, 512))  # float64: 8 bytes per pixel
-    probs, peak = _traced_peak(lambda: predict_tiled(net, image, tile_shape=(128, 128)))
+    probs, peak = _traced_peak(lambda: predict_tiled(net, image, tile_shape=(128, 128), **EAGER))
     assert peak <= probs.nbytes + 2**20 + 4 * 2**20 // 2  # + the NaN check's row blocks
 
 
@@ -68,7 +74,7 @@ def test_estimate_covers_the_measured_pipeline_and_is_not_wildly_above():
 
     def pipeline():
         data = Normalization.from_dict(None)(image, channel_axis=None)
-        probs = predict_stack(net, data, tile_shape=(128, 128))
+        probs = predict_stack(net, data, tile_shape=(128, 128), **EAGER)
         return probabilities_to_labels(probs, threshold=0.5, spatial_dims=2)
 
     _, peak = _traced_peak(pipeline)
