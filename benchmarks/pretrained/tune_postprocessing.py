@@ -36,6 +36,8 @@ from napari_unet.tuning import choose_postprocessing
 
 ROOT = Path(__file__).resolve().parents[2]
 ISBI = ROOT.parent / "shared" / "data" / "isbi2012"
+# Keys that save_model sets from the model itself.
+_RESERVED = {"format", "format_version", "architecture", "arguments", "package_version"}
 
 
 def isbi(indices: range) -> tuple[list, list]:
@@ -92,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     chosen["chosen_on"] = "ISBI 2012 slices 20-24" if em else f"{len(images)} validation images"
     print(json.dumps(chosen))
     meta["postprocessing"] = chosen
+    meta = {k: v for k, v in meta.items() if k not in _RESERVED}
     save_model(model, args.out, metadata=meta, overwrite=True)
     print(f"wrote {args.out}")
     return 0

@@ -250,6 +250,7 @@ def estimate_diameter(
     *,
     factors: Sequence[float] = (0.25, 0.5, 1.0, 2.0),
     min_objects: int = 3,
+    max_side: int | None = 512,
 ) -> dict[str, Any]:
     """Estimate the typical object diameter of an image with the model itself.
 
@@ -278,6 +279,11 @@ def estimate_diameter(
         eight times the training size.
     min_objects : int
         Zooms that find fewer objects are not trusted (unless none finds more).
+    max_side : int, optional
+        Each pass looks at the central part of the image that is at most
+        this many pixels wide once zoomed (objects cut by its edges are not
+        measured), so a pass costs no more than a ``max_side`` square;
+        None: the whole image at every zoom.
 
     Returns
     -------
@@ -291,7 +297,12 @@ def estimate_diameter(
     passes: list[dict[str, float]] = []
 
     def measure(factor: float) -> dict[str, float]:
-        labels = label(predict_rescaled(predict, image, factor), factor)
+        view, cropped = _central_crop(image, max_side, factor)
+        labels = label(predict_rescaled(predict, view, factor), factor)
+        if cropped:  # objects cut by the crop would look small
+            from skimage.segmentation import clear_border
+
+            labels = clear_border(labels)
         count = int(len(np.unique(labels)) - (1 if (labels == 0).any() else 0))
         found = {"factor": factor, "objects": count, "diameter": object_diameter(labels)}
         passes.append(found)
@@ -320,6 +331,20 @@ def estimate_diameter(
             best = again
     diameter = float(best["diameter"])
     return {"diameter": diameter, "factor": model_diameter / diameter, "passes": passes}
+
+
+def _central_crop(
+    image: np.ndarray, max_side: int | None, factor: float
+) -> tuple[np.ndarray, bool]:
+    if max_side is None:
+        return image, False
+    side = max(1, math.ceil(max_side / factor))
+    index = []
+    for size in image.shape[-2:]:
+        start = max(0, (size - side) // 2)
+        index.append(slice(start, start + side))
+    view = image[(..., *index)]
+    return view, view.shape != image.shape
 
 
 def predict_at_diameter(
