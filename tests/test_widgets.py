@@ -344,6 +344,25 @@ def test_predict_stack_alignment_and_cancel(make_napari_viewer, qtbot, tiny_mode
     result = viewer.layers["synthetic cell stack cells (predicted)"]
     assert result.data.shape == image.data.shape
     assert result.data.dtype == np.uint32
+    # A Z-stack: planes linked into 3D objects (linking.link_planes), on by default.
+    from napari_unet._widgets.predict import predict_job
+    from napari_unet.linking import link_planes
+    from napari_unet.progress import drive
+
+    assert predict._link.value and predict._link.enabled
+    per_plane, _ = drive(
+        predict_job(
+            tiny_model,
+            image.data,
+            channel_axis=None,
+            tile=None,
+            tta=False,
+            threshold=float(predict._threshold.value),
+            device="auto",
+            keep_probabilities=False,
+        )
+    )
+    np.testing.assert_array_equal(result.data, link_planes(per_plane, axis=0))
     np.testing.assert_array_equal(result.scale, image.scale)
     np.testing.assert_array_equal(result.translate, image.translate)
     probability = viewer.layers["synthetic cell stack cell probability"]

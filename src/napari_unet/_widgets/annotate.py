@@ -416,9 +416,10 @@ class AnnotateWidget(ScrollDock):
             )
             return 0
         added, replaced = self._session.training_set.add(entries)
+        # Short: a napari toast shows one line.
+        updated = f", {replaced} updated" if replaced else ""
         show_info(
-            f"Training set: {added} plane(s) added, {replaced} updated "
-            f"({sum(e.n_cells for e in entries)} cells)."
+            f"Training set: +{added} plane(s){updated}, {sum(e.n_cells for e in entries)} cells"
         )
         return added + replaced
 

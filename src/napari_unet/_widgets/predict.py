@@ -42,7 +42,7 @@ from ._lifetime import JobError, report_error, watch_close
 from ._model_text import describe_model, technical_details
 from ._session import session_for
 from ._ui import ScrollDock
-from ._warmup import warm_up
+from ._warmup import freeze_heap, warm_up
 
 if TYPE_CHECKING:
     import napari
@@ -122,6 +122,7 @@ def layer_job(
     *,
     name: str,
     colour: str | None,
+    link: bool = False,
     channels: int,
     channel_axis: int | None,
     **options: Any,
@@ -142,9 +143,17 @@ def layer_job(
             "e.g. in the napari console: layer.data = np.nan_to_num(layer.data)."
         )
     try:
-        return (yield from predict_job(model_path, data, channel_axis=channel_axis, **options))
+        labels, probs = yield from predict_job(
+            model_path, data, channel_axis=channel_axis, **options
+        )
     except RuntimeError as err:
         raise JobError(str(err)) from err
+    if link and labels.ndim == 3:
+        from ..linking import link_planes
+
+        yield Progress(0, 1, "linking planes")
+        labels = link_planes(labels, axis=0).astype(np.uint32, copy=False)
+    return labels, probs
 
 
 class PredictWidget(ScrollDock):
@@ -180,6 +189,11 @@ class PredictWidget(ScrollDock):
             label="cell threshold", min=0.05, max=0.95, step=0.05, value=0.5
         )
         self._probabilities = CheckBox(text="also add probabilities", value=False)
+        self._link = CheckBox(text="link planes into 3D objects (Z-stack)", value=False)
+        self._link.tooltip = (
+            "One id per cell through the stack, by overlap between neighbouring planes "
+            "(linking.link_planes). Leave it off when the leading axis is time."
+        )
         self._device = ComboBox(label="device", choices=["auto", *available_devices()])
         self._run = PushButton(text="Predict")
         self._cancel = PushButton(text="Cancel", enabled=False)
@@ -197,6 +211,7 @@ class PredictWidget(ScrollDock):
                 self._tta,
                 self._threshold,
                 self._probabilities,
+                self._link,
                 self._device,
             ]
         )
@@ -284,6 +299,14 @@ class PredictWidget(ScrollDock):
     def _on_image_changed(self, *_: Any) -> None:
         self._channel_axis.reset_choices()
         self._suggest_channel_axis()
+        image = self._image.value
+        spatial = 0
+        if image is not None:
+            axis = resolve_channel_axis(image, self._channel_axis.value)
+            spatial = len(spatial_shape(image, axis))
+        # On for a (Z, Y, X) stack; a (T, Y, X) series: the user turns it off.
+        self._link.value = spatial == 3
+        self._link.enabled = spatial == 3
 
     def _on_layer_removed(self, event: Any) -> None:
         """The image being predicted was removed: stop, and add nothing later."""
@@ -376,6 +399,7 @@ class PredictWidget(ScrollDock):
             threshold=float(self._threshold.value),
             device=self._device.value,
             keep_probabilities=self._probabilities.value,
+            link=bool(self._link.value and self._link.enabled),
         )
         worker.yielded.connect(self._on_progress)
         worker.returned.connect(self._on_returned)
@@ -465,6 +489,9 @@ class PredictWidget(ScrollDock):
             return
         transform = spatial_transform(image, self._job["axis"])
         n = int(labels.max(initial=0))
+        # napari runs a full gc.collect() when a layer is added: 0.6 s after a first
+        # prediction (the modules and objects it created); frozen objects are skipped.
+        freeze_heap()
         layer = self._viewer.add_labels(
             labels, name=unique_name(self._viewer, result_name(image.name)), **transform
         )

@@ -241,6 +241,7 @@ class WeightMapWidget(ScrollDock):
             "translate": tuple(layer.translate)[-2:],
         }
         top = result["top"]
+        freeze_heap()  # napari's gc.collect() on adding a layer then skips what exists now
         self._weights_layer = self._show(
             self._weights_layer,
             weights,
