@@ -75,13 +75,15 @@ class Sample:
     ----------
     image : ndarray
         (Y, X); (C, Y, X) with channels first; a stack of planes (Z, Y, X);
-        or a multi-channel stack (C, Z, Y, X). Every (Y, X) plane is a
-        training image of its own (the models are 2D).
+        or a multi-channel stack (C, Z, Y, X). For a 2D model every (Y, X)
+        plane is a training image of its own; a 3D model (``spatial_dims=3``)
+        trains on 3D tiles of each volume.
     labels : ndarray of int
         Cell instances, 0 = background: (Y, X), or (Z, Y, X) for a stack.
     mask : ndarray of bool, optional
         Annotated pixels, same shape as ``labels``; pixels outside are
-        ignored by the loss (sparse annotation). Default: all annotated.
+        ignored by the loss (sparse annotation: in a volume, e.g. a few
+        planes or a sub-volume annotated completely). Default: all annotated.
     """
 
     image: np.ndarray
@@ -98,7 +100,8 @@ class TrainConfig:
     iterations : int
         Optimiser steps.
     tile_shape : tuple of int, optional
-        Input tile (Y, X), a valid input shape of the model. Default: the
+        Input tile (Y, X), or (Z, Y, X) for a 3D model, a valid input shape
+        of the model (3D default: about 64 output voxels per axis). Default: the
         paper's 572 x 572 (512 for ``padding="same"`` models), shrunk to the
         smallest image when that is smaller.
     batch_size : int
@@ -407,9 +410,17 @@ def _as_sample(item: Any, index: int) -> Sample:
 
 
 def _split_planes(
-    samples: Sequence[Any], in_channels: int, name: str, files: Sequence[str] = ()
+    samples: Sequence[Any],
+    in_channels: int,
+    name: str,
+    files: Sequence[str] = (),
+    spatial_dims: int = 2,
 ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
-    """Validate samples and split them into (C, Y, X) image / (Y, X) label planes."""
+    """Validate samples and split them into (C, Y, X) image / (Y, X) label planes.
+
+    For a 3D model (``spatial_dims=3``) every sample is one (C, Z, Y, X) /
+    (Z, Y, X) volume instead.
+    """
     planes = []
     for index, item in enumerate(samples):
         sample = _as_sample(item, index)
@@ -451,7 +462,14 @@ def _split_planes(
                     f"(shape {labels.shape})"
                 )
         labels = labels.astype(np.int64 if labels.dtype != np.bool_ else np.uint8, copy=False)
-        if labels.ndim == 2:
+        if spatial_dims == 3:
+            if labels.ndim != 3:
+                raise ValueError(
+                    f"{where}: a 3D model trains on volumes; labels have shape {labels.shape}, "
+                    "expected (Z, Y, X)"
+                )
+            planes.append((image, labels, mask))
+        elif labels.ndim == 2:
             planes.append((image, labels, mask))
         else:
             for z in range(labels.shape[0]):
@@ -507,11 +525,19 @@ def _check_classes(
 
 
 def _targets(
-    labels: np.ndarray, mask: np.ndarray | None, config: TrainConfig
+    labels: np.ndarray,
+    mask: np.ndarray | None,
+    config: TrainConfig,
+    spacing: Sequence[float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     classes = instances_to_classes(labels, border_class=config.border_class)
     weights = weight_map(
-        labels, w0=config.w0, sigma=config.sigma, class_weights=config.class_weights, mask=mask
+        labels,
+        w0=config.w0,
+        sigma=config.sigma,
+        class_weights=config.class_weights,
+        mask=mask,
+        spacing=spacing,
     )
     return classes, weights
 
@@ -522,10 +548,11 @@ def _prepare_plane(
     mask: np.ndarray | None,
     norm: Normalization,
     config: TrainConfig,
-    tile: tuple[int, int],
-    halo: tuple[int, int],
+    tile: tuple[int, ...],
+    halo: tuple[int, ...],
+    spacing: Sequence[float] | None = None,
 ) -> _Plane:
-    classes, weights = _targets(labels, mask, config)
+    classes, weights = _targets(labels, mask, config, spacing)
     image = norm(image, channel_axis=0)
     pads = []
     for size, t, h in zip(labels.shape, tile, halo, strict=True):
@@ -538,17 +565,19 @@ def _prepare_plane(
     classes = np.pad(classes, pads)
     weights = np.pad(weights, pads)  # zero weight: padding never enters the loss
     annotated = weights > 0
-    ny, nx = (-(-s // _BLOCK) for s in annotated.shape)
-    padded = np.zeros((ny * _BLOCK, nx * _BLOCK), dtype=bool)
-    padded[: annotated.shape[0], : annotated.shape[1]] = annotated
-    blocks = np.argwhere(padded.reshape(ny, _BLOCK, nx, _BLOCK).any(axis=(1, 3))) * _BLOCK
+    counts = [-(-s // _BLOCK) for s in annotated.shape]
+    padded = np.zeros([n * _BLOCK for n in counts], dtype=bool)
+    padded[tuple(slice(0, s) for s in annotated.shape)] = annotated
+    split = [v for n in counts for v in (n, _BLOCK)]
+    inner = tuple(range(1, 2 * len(counts), 2))
+    blocks = np.argwhere(padded.reshape(split).any(axis=inner)) * _BLOCK
     return _Plane(
         np.ascontiguousarray(image, dtype=np.float32),
         classes,
         weights,
         blocks,
         tuple(labels.shape),
-        (pads[0][0], pads[1][0]),
+        tuple(p[0] for p in pads),
     )
 
 
@@ -581,8 +610,17 @@ def _model_diameter(config: TrainConfig, diameters: Sequence[float]) -> float | 
     return round(float(np.median(finite)), 2) if finite else None
 
 
-def _default_tile(model: nn.Module, planes: Sequence[tuple]) -> tuple[int, int]:
-    smallest = tuple(min(p[1].shape[axis] for p in planes) for axis in (0, 1))
+def _default_tile(model: nn.Module, planes: Sequence[tuple]) -> tuple[int, ...]:
+    nd = planes[0][1].ndim
+    smallest = tuple(min(p[1].shape[axis] for p in planes) for axis in range(nd))
+    if nd == 3:
+        # Volumes: about 64 output voxels per axis (what a CPU trains in
+        # seconds per step; pass `tile_shape` for larger tiles on a GPU).
+        if model.padding == "same":
+            return tuple(
+                max(d, min(64, s // d * d)) for d, s in zip(model.divisors, smallest, strict=True)
+            )
+        return model.valid_input_shape(tuple(min(64, s) for s in smallest))
     if model.padding == "same":
         return tuple(
             max(model.divisor, min(512, s // model.divisor * model.divisor)) for s in smallest
@@ -597,10 +635,12 @@ def _default_tile(model: nn.Module, planes: Sequence[tuple]) -> tuple[int, int]:
     return model.valid_input_shape(out)
 
 
-def _check_tile(model: nn.Module, tile: Sequence[int]) -> tuple[int, int]:
+def _check_tile(model: nn.Module, tile: Sequence[int]) -> tuple[int, ...]:
     tile = tuple(int(t) for t in tile)
-    if len(tile) != 2:
-        raise ValueError(f"`tile_shape` must have 2 values (Y, X), got {tile}")
+    nd = getattr(model, "spatial_dims", 2)
+    if len(tile) != nd:
+        axes = "(Y, X)" if nd == 2 else "(Z, Y, X)"
+        raise ValueError(f"`tile_shape` must have {nd} values {axes}, got {tile}")
     if not model.is_valid_input_shape(tile):
         nearest = model.valid_input_shape(model.output_shape_lower_bound(tile))
         raise ValueError(
@@ -726,18 +766,17 @@ class _Batcher:
             np.random.default_rng(seed if k == 0 else [seed % 2**64, k])
             for k in range(rank * per_rank, (rank + 1) * per_rank)
         ]
-        self.augment = _augmentation(config, tile[0] == tile[1])
+        self.augment = _augmentation(config, tile[-2] == tile[-1])
         # Planes are drawn in proportion to their annotated area.
         sizes = np.array([max(1, len(p.blocks)) for p in planes], dtype=np.float64)
         self.p = sizes / sizes.sum()
 
-    def _position(self, plane: _Plane, rng: np.random.Generator) -> tuple[int, int]:
+    def _position(self, plane: _Plane, rng: np.random.Generator) -> tuple[int, ...]:
         """Tile corner whose output window contains a random annotated pixel."""
-        height, width = plane.image.shape[1:]
         corner = []
         block = plane.blocks[rng.integers(len(plane.blocks))] if len(plane.blocks) else None
         for axis, (size, t, o, m) in enumerate(
-            zip((height, width), self.tile, self.out, self.margin, strict=True)
+            zip(plane.image.shape[1:], self.tile, self.out, self.margin, strict=True)
         ):
             if block is None:
                 corner.append(int(rng.integers(size - t + 1)))
@@ -747,22 +786,22 @@ class _Batcher:
             lo = max(0, pixel - m - o + 1)
             hi = min(size - t, pixel - m)
             corner.append(int(rng.integers(lo, hi + 1)) if hi >= lo else max(0, min(lo, size - t)))
-        return corner[0], corner[1]
+        return tuple(corner)
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         images, classes, weights = [], [], []
-        ty, tx = self.tile
+        inner = tuple(slice(m, m + o) for m, o in zip(self.margin, self.out, strict=True))
         for rng in self.rngs:
             plane = self.planes[int(rng.choice(len(self.planes), p=self.p))]
-            y, x = self._position(plane, rng)
-            image = torch.from_numpy(plane.image[:, y : y + ty, x : x + tx])
-            cls = torch.from_numpy(plane.classes[y : y + ty, x : x + tx])
-            w = torch.from_numpy(plane.weights[y : y + ty, x : x + tx])
+            corner = self._position(plane, rng)
+            window = tuple(slice(c, c + t) for c, t in zip(corner, self.tile, strict=True))
+            image = torch.from_numpy(plane.image[(slice(None), *window)])
+            cls = torch.from_numpy(plane.classes[window])
+            w = torch.from_numpy(plane.weights[window])
             image, cls, w = self.augment.apply(_augment_sample(image, cls, w), rng)
-            (my, mx), (oy, ox) = self.margin, self.out
             images.append(image)
-            classes.append(cls[my : my + oy, mx : mx + ox])
-            weights.append(w[my : my + oy, mx : mx + ox])
+            classes.append(cls[inner])
+            weights.append(w[inner])
         return (
             torch.stack(images).float().contiguous(),
             torch.stack(classes).long(),
@@ -797,7 +836,7 @@ def _validate(
         nll = -np.log(np.clip(chosen, 1e-7, 1.0))
         total_loss += float((plane.weights * nll).sum())
         total_weight += float(plane.weights.sum())
-        if not plane.masked:
+        if not plane.masked and plane.classes.ndim == 2:  # the ISBI errors are 2D measures
             errors = isbi_errors(np.clip(probs[1], 0.0, 1.0), plane.classes == 1)
             pixel_curves.append(errors["pixel_errors"])
             rand_curves.append(errors["rand_errors"])
@@ -933,8 +972,9 @@ def train_iter(
             optimizer_state = None
     if not isinstance(model, nn.Module):
         raise ValueError(f"`model` must be an nn.Module, a model file or None, got {model!r}")
-    if getattr(model, "spatial_dims", 2) != 2:
-        raise ValueError("training supports 2D models only (`spatial_dims=2`)")
+    spatial_dims = int(getattr(model, "spatial_dims", 2))
+    # Distances of the weight map's border term follow the voxel size of a 3D model.
+    spacing = getattr(model, "spacing", None) if spatial_dims == 3 else None
     if model.num_classes != config.num_classes:
         raise ValueError(
             f"`model` outputs {model.num_classes} classes, but border_class="
@@ -943,12 +983,14 @@ def train_iter(
         )
 
     files = [str(f) for f in (data_info or {}).get("files", ())]
-    planes = _split_planes(samples, model.in_channels, "samples", files)
+    planes = _split_planes(samples, model.in_channels, "samples", files, spatial_dims)
     if not planes:
         raise ValueError("`samples` is empty: training needs at least one annotated image")
     _check_classes(planes, "samples")
     if val_samples is not None:
-        val_planes = _split_planes(val_samples, model.in_channels, "val_samples")
+        val_planes = _split_planes(
+            val_samples, model.in_channels, "val_samples", spatial_dims=spatial_dims
+        )
     elif config.val_fraction > 0:
         if len(planes) < 2:
             raise ValueError(
@@ -980,7 +1022,7 @@ def train_iter(
     prepared: list[_Plane] = []
     total_prep = len(planes) + len(val_planes)
     for image, labels, mask in planes:
-        prepared.append(_prepare_plane(image, labels, mask, norm, config, tile, halo))
+        prepared.append(_prepare_plane(image, labels, mask, norm, config, tile, halo, spacing))
         yield Progress(len(prepared), total_prep, "prepare")
         if cancel is not None and cancel():
             # Nothing trained yet: no file is written.
@@ -989,7 +1031,7 @@ def train_iter(
         raise ValueError("no annotated pixels: every `mask` is empty")
     validation: list[_ValPlane] = []
     for image, labels, mask in val_planes:
-        classes, weights = _targets(labels, mask, config)
+        classes, weights = _targets(labels, mask, config, spacing)
         validation.append(
             _ValPlane(norm(image, channel_axis=0), classes, weights, mask is not None, labels)
         )
@@ -1007,7 +1049,9 @@ def train_iter(
         if validation:
             # Validation (iter_predict_tiled) switches the weights to channels_last;
             # switch now, so DDP builds its gradient buckets for that layout.
-            model.to(memory_format=torch.channels_last)
+            model.to(
+                memory_format=torch.channels_last if spatial_dims == 2 else torch.channels_last_3d
+            )
         net = DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
@@ -1053,6 +1097,7 @@ def train_iter(
             "normalization": norm.to_dict(),
             "object_diameter": model_diameter,
             "postprocessing": postprocessing,
+            **({"spacing": list(spacing or (1.0, 1.0, 1.0))} if spatial_dims == 3 else {}),
             "training": {
                 "config": config.to_dict(),
                 "tile_shape": list(tile),
