@@ -197,3 +197,18 @@ def test_zero_sized_tiff_is_a_clear_input_error(tmp_path):
         io.read_image(path)
     with pytest.raises(ValueError, match="not an image"):
         io.write_image(tmp_path / "out.tif", np.zeros((0, 7), np.uint8))
+
+
+def test_unreadable_image_says_permission_denied_not_damaged(tmp_path, monkeypatch):
+    import tifffile
+
+    path = tmp_path / "locked.tif"
+    io.write_image(path, np.ones((4, 4), np.uint8))
+
+    def denied(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(tifffile, "imread", denied)
+    with pytest.raises(InputError, match=r"locked\.tif: permission denied") as info:
+        io.read_image(path)
+    assert "damaged" not in str(info.value)

@@ -113,6 +113,12 @@ def read_image(path: str | Path) -> np.ndarray:
                 image = np.asarray(iio.imread(path, plugin="pillow"))
     # Both readers raise ValueError (tifffile.TiffFileError is one), OSError
     # or struct.error for truncated/corrupt files; say which file it was.
+    except PermissionError as err:
+        raise InputError(
+            f"cannot read image {path}: permission denied; ask its owner for read access "
+            "or copy it somewhere you can read",
+            path=path,
+        ) from err
     except (OSError, ValueError, struct.error, IndexError, KeyError) as err:
         raise InputError(
             f"cannot read image {path}: {err or type(err).__name__}; the file is damaged "
