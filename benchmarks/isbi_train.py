@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--val-every", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="also save the model here")
+    parser.add_argument("--cpu-bf16", action="store_true", help="bf16 autocast training steps")
     args = parser.parse_args(argv)
     if not DATA.is_dir():
         print(f"ISBI 2012 data not found at {DATA}", file=sys.stderr)
@@ -74,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint_every=args.val_every,
         seed=args.seed,
         device="cpu",
+        cpu_bf16=args.cpu_bf16,
     )
     train_samples = load(range(20))
     val_samples = load(range(20, 25))
@@ -126,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{params / 1e6:.2f} M parameters, 2 classes\n"
         f"training: {result.iterations} iterations, tile {args.tile}x{args.tile}, batch 1, "
         f"{args.optimizer} lr={args.lr} {args.schedule}, seed {args.seed}, "
-        f"{torch.get_num_threads()} CPU threads\n"
+        f"{torch.get_num_threads()} CPU threads{', bf16 autocast' if args.cpu_bf16 else ''}\n"
         f"time: {seconds:.0f} s ({result.iterations / seconds:.2f} it/s incl. validation)\n"
         f"pixel error: {errors['pixel_error']:.4f} (threshold {errors['pixel_threshold']})\n"
         f"Rand error:  {errors['rand_error']:.4f} (threshold {errors['rand_threshold']})"

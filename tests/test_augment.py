@@ -315,3 +315,31 @@ def test_cuda_matches_cpu():
     assert gpu.image.is_cuda and gpu.labels.is_cuda
     torch.testing.assert_close(gpu.image.cpu(), cpu.image, atol=1e-4, rtol=0)
     assert (gpu.labels.cpu() == cpu.labels).float().mean() > 0.999
+
+
+def test_small_deformations_run_on_fewer_threads_and_restore_the_count(monkeypatch):
+    import threading
+
+    from napari_unet import augment
+
+    seen = []
+    real = augment._deform
+    monkeypatch.setattr(
+        augment, "_deform", lambda *a: seen.append(torch.get_num_threads()) or real(*a)
+    )
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        image = np.random.default_rng(0).random((1, 64, 64), dtype=np.float32)
+        workers = [
+            threading.Thread(target=elastic_deform, args=(image,), kwargs={"rng": i})
+            for i in range(4)
+        ]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        assert seen == [1] * 4
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -302,3 +302,23 @@ def test_normalization():
     assert Normalization.from_dict(fitted.to_dict()) == fitted
     np.testing.assert_allclose(fitted(two)[1], out[1], atol=1e-4)
     assert percentile_normalize(np.full((4, 4), 7.0)).max() == 0.0  # constant: no division by 0
+
+
+@pytest.mark.slow
+def test_cpu_bf16_training_steps_run_in_bf16_and_learn(monkeypatch):
+    from napari_unet import inference
+
+    if not inference.bf16_supported("cpu"):
+        pytest.skip("this CPU has no native bf16 (AVX-512 BF16 / AMX)")
+    samples = [_cells(i) for i in range(3)]
+    settings = {"iterations": 60, "optimizer": "adam", "lr": 3e-3, "elastic": False}
+    fp32 = train(samples, model=_model(1), config=_config(**settings, grey_values=False))
+    bf16 = train(
+        samples, model=_model(1), config=_config(**settings, grey_values=False, cpu_bf16=True)
+    )
+    # Same data and seed: bf16 rounding makes the losses differ, but it learns as well.
+    assert bf16.losses != fp32.losses
+    assert np.mean(bf16.losses[-10:]) < 0.8 * np.mean(bf16.losses[:10])
+    monkeypatch.setattr(inference, "bf16_supported", lambda device=None: False)
+    with pytest.raises(ValueError, match="cpu_bf16"):
+        train(samples, model=_model(1), config=_config(iterations=1, cpu_bf16=True))

@@ -29,8 +29,10 @@ References
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple, TypeVar
 
 import numpy as np
@@ -250,7 +252,66 @@ def elastic_deform(
         lab = None if lab is None else lab.unsqueeze(0)
         wts = None if wts is None else wts.unsqueeze(0)
     batch, shape = img.shape[0], tuple(img.shape[2:])
+    with _threads_for_work(batch * math.prod(shape), device):
+        out_image, out_labels, out_weights = _deform(img, lab, wts, rng, grid, sigma, ndim)
+    if not batched:
+        out_image = out_image[0]
+        out_labels = None if out_labels is None else out_labels[0]
+        out_weights = None if out_weights is None else out_weights[0]
+    return Sample(
+        _like(out_image, image),
+        None if out_labels is None else _like(out_labels, labels),
+        None if out_weights is None else _like(out_weights, weights),
+    )
 
+
+# Below this many pixels per thread, PyTorch's parallel regions in grid_sample
+# cost more than they save: one 512x512 deformation took 1.1x the SciPy time on
+# 2 threads and 1/10.8 of it on 1 thread on the shared 2-core machine
+# (docs/performance.md).
+_PIXELS_PER_THREAD = 2**20
+_THREADS_LOCK = threading.Lock()
+_THREADS_SAVED: list[int] = []  # [original count, users] while lowered
+
+
+@contextlib.contextmanager
+def _threads_for_work(pixels: int, device: torch.device) -> Iterator[None]:
+    """Run small CPU work on fewer threads; the thread count is restored after.
+
+    ``torch.set_num_threads`` is process-wide, so concurrent callers share one
+    saved count and the last to leave restores it.
+    """
+    wanted = max(1, pixels // _PIXELS_PER_THREAD)
+    if device.type != "cpu" or wanted >= torch.get_num_threads():
+        yield
+        return
+    with _THREADS_LOCK:
+        if not _THREADS_SAVED:
+            _THREADS_SAVED.extend([torch.get_num_threads(), 0])
+        _THREADS_SAVED[1] += 1
+        torch.set_num_threads(min(wanted, _THREADS_SAVED[0]))
+    try:
+        yield
+    finally:
+        with _THREADS_LOCK:
+            _THREADS_SAVED[1] -= 1
+            if _THREADS_SAVED[1] == 0:
+                torch.set_num_threads(_THREADS_SAVED.pop(0))
+                _THREADS_SAVED.clear()
+
+
+def _deform(
+    img: torch.Tensor,
+    lab: torch.Tensor | None,
+    wts: torch.Tensor | None,
+    rng: np.random.Generator,
+    grid: int,
+    sigma: float,
+    ndim: int,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """The deformation of a batch (B, C, *shape); labels and weights (B, *shape)."""
+    device = img.device
+    batch, shape = img.shape[0], tuple(img.shape[2:])
     coarse = rng.normal(0.0, sigma, size=(batch, ndim, *([int(grid)] * ndim)))
     # grid_sample wants the last axis in (x, y[, z]) order and coordinates scaled so
     # that -1 and 1 are the centres of the first and last pixel (align_corners=True)
@@ -292,16 +353,7 @@ def elastic_deform(
             out_labels = lab.reshape(batch, pixels)[rows, flat].reshape(batch, *shape)
         if wts is not None:
             out_weights = wts.reshape(batch, pixels)[rows, flat].reshape(batch, *shape)
-
-    if not batched:
-        out_image = out_image[0]
-        out_labels = None if out_labels is None else out_labels[0]
-        out_weights = None if out_weights is None else out_weights[0]
-    return Sample(
-        _like(out_image, image),
-        None if out_labels is None else _like(out_labels, labels),
-        None if out_weights is None else _like(out_weights, weights),
-    )
+    return out_image, out_labels, out_weights
 
 
 class Transform:

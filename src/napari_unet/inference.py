@@ -73,10 +73,10 @@ CACHE_ENV = "NAPARI_UNET_CACHE_DIR"
 
 # Measured on the project's 2-core CPU (docs/performance.md): ONNX Runtime fp32
 # runs a tile 1.9-2.0x faster than eager on the paper network, and its export
-# costs 6-15 s (more on a busy machine). The automatic choice exports only
-# when the eager time it saves in this prediction exceeds that cost.
+# costs 15 s on a quiet machine, 46 s at load 11. The automatic choice exports
+# only when the eager time it saves in this prediction exceeds that cost.
 _ORT_EXPECTED_SPEEDUP = 1.9
-_EXPORT_COST_S = 20.0
+_EXPORT_COST_S = 30.0
 # Agreement a reduced precision must have shown (inference_check) to become a default.
 _MIN_CLASS_AGREEMENT = 0.999
 _MAX_INSTANCE_CHANGE = 0.01
@@ -468,6 +468,8 @@ def cache_onnx(model: nn.Module) -> Path:
     path = _cached_onnx_path(model)
     with _EXPORT_LOCK:
         if path.exists():
+            with contextlib.suppress(OSError):
+                os.utime(path)  # most recently used: kept by _prune
             return path
         path.parent.mkdir(parents=True, exist_ok=True)
         net = ExportWrapper.from_model(model).cpu()
@@ -481,7 +483,19 @@ def cache_onnx(model: nn.Module) -> Path:
             _log.info("exported %s to ONNX in %.1f s", path.name, time.perf_counter() - start)
         finally:
             staging.unlink(missing_ok=True)
+        _prune(path.parent, keep=path)
     return path
+
+
+_MAX_CACHED_EXPORTS = 16
+
+
+def _prune(folder: Path, keep: Path) -> None:
+    """Keep the cache bounded: the most recently used exports only."""
+    files = sorted(folder.glob("*.onnx"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in files[_MAX_CACHED_EXPORTS:]:
+        if old != keep:
+            old.unlink(missing_ok=True)
 
 
 _SESSIONS: OrderedDict[tuple, Any] = OrderedDict()
