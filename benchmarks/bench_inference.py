@@ -97,15 +97,39 @@ def run(quick: bool = False) -> list[Row]:
     paths["auto (default)"] = make_backend(net, device="cpu")
     if bf16_supported("cpu"):
         paths["eager bf16 autocast"] = make_backend(net, backend="eager", precision="bf16")
+    reference = baseline(x)
+    rows = _speed(paths, baseline, x, reference, gflop, base, rounds)
+    print(
+        f"  one-off: ONNX export {export_s:.1f} s, session {session_s:.2f} s; "
+        f"load {os.getloadavg()[0]:.2f}",
+        file=sys.stderr,
+    )
+    rows += _show(_agreement(quick))
+    rows += _show(_end_to_end(quick))
     if not quick:
+        # Last: compiling the paper network takes minutes on a busy 2-core machine.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            paths["torch.compile fp32"] = make_backend(net, backend="compile", precision="fp32")
+            compiled = {
+                "torch.compile fp32": make_backend(net, backend="compile", precision="fp32")
+            }
             if bf16_supported("cpu"):
-                paths["torch.compile bf16 (frozen)"] = make_backend(
+                compiled["torch.compile bf16 (frozen)"] = make_backend(
                     net, backend="compile", precision="bf16"
                 )
-    reference = baseline(x)
+            rows += _speed(compiled, baseline, x, reference, gflop, base, rounds)
+    return rows
+
+
+def _show(rows: list[Row]) -> list[Row]:
+    for r in rows:
+        print(f"  {r.name}: {r.ratio:.4g} ({r.ours_value:.4g} vs {r.baseline_value:.4g})",
+              file=sys.stderr, flush=True)  # fmt: skip
+    return rows
+
+
+def _speed(paths, baseline, x, reference, gflop, base, rounds) -> list[Row]:
+    """Paired rounds of each path against the baseline on one tile."""
     rows = []
     for name, backend in paths.items():
         warm = time.perf_counter()
@@ -139,13 +163,13 @@ def run(quick: bool = False) -> list[Row]:
                 goal={"auto (default)": ">= 1.8x", "eager bf16 autocast": ">= 2.5x"}.get(name, ""),
             )
         )
-    print(
-        f"  one-off: ONNX export {export_s:.1f} s, session {session_s:.2f} s; "
-        f"load {os.getloadavg()[0]:.2f}",
-        file=sys.stderr,
-    )
-    rows += _agreement(quick)
-    rows += _end_to_end(quick)
+        r = rows[-1]
+        print(
+            f"  {r.name}: {r.ratio:.2f}x ({r.ours_value:.3f} vs {r.baseline_value:.3f} s), "
+            f"load {os.getloadavg()[0]:.1f}",
+            file=sys.stderr,
+            flush=True,
+        )
     return rows
 
 

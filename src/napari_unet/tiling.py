@@ -375,6 +375,8 @@ def predict_dask(
     tile_shape: Sequence[int] | None = None,
     batch_size: int = 1,
     device: str | torch.device | None = None,
+    backend: str = "auto",
+    precision: str = "auto",
 ) -> dask.array.Array:
     """Lazily predict the planes of a (possibly larger-than-memory) array with Dask.
 
@@ -389,9 +391,9 @@ def predict_dask(
     channel_axis : int, optional
         Axis holding ``model.in_channels`` channels (anywhere; the planes are
         the last two other axes); ``None`` for one channel.
-    tile_shape, batch_size, device
-        As for :func:`predict_tiled`, per chunk. ``device`` is resolved on the
-        worker that computes the chunk.
+    tile_shape, batch_size, device, backend, precision
+        As for :func:`predict_tiled`, per chunk. ``device`` and the backend
+        are resolved on the worker that computes the chunk.
 
     Returns
     -------
@@ -452,6 +454,8 @@ def predict_dask(
         tile_shape=tile_shape,
         batch_size=batch_size,
         device=device,
+        backend=backend,
+        precision=precision,
         chunks=(*arr.chunks[:-3], (model.num_classes,), *arr.chunks[-2:]),
         dtype=np.float32,
         meta=np.empty((0,) * arr.ndim, dtype=np.float32),
@@ -503,6 +507,8 @@ def _predict_block(
     tile_shape: Sequence[int] | None,
     batch_size: int,
     device: str | torch.device | None,
+    backend: str = "eager",
+    precision: str = "fp32",
     block_info: dict | None = None,
 ) -> np.ndarray:
     """Predict one overlapped chunk: (..., C, Y, X) with ``margin + extra`` context."""
@@ -523,10 +529,11 @@ def _predict_block(
         raise ValueError("a chunk of `array` contains NaN or infinite values")
     dev = select_device(device)
     results = []
+    run = make_backend(model, backend=backend, precision=precision, device=dev)
     for plane in planes:
         plane = _mirror_pad(plane, pads)
         interior = tuple(s - 2 * m - extra for s, m in zip(plane.shape[1:], margin, strict=True))
-        tiler = _Tiler(model, interior, tile_shape, dev, None)
+        tiler = _Tiler(model, interior, tile_shape, dev, None, run)
         events = tiler.predict(plane, batch_size=batch_size, with_margin=True, trailing=extra)
         results.append(_run_to_result(events))
     return np.stack(results).reshape(*block.shape[:-3], model.num_classes, *results[0].shape[1:])

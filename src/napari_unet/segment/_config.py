@@ -53,7 +53,8 @@ class SegmentConfig:
         once its export is cached, whose probabilities differ from eager ones
         by float rounding: give ``"eager"`` for bit-identical repeat runs.
     precision : str
-        ``"auto"``, ``"fp32"``, ``"bf16"`` or ``"fp16"``.
+        ``"auto"``, ``"fp32"``, ``"bf16"`` or ``"fp16"``. ``"auto"`` resolves to
+        bf16 only where the model's ``inference_check`` metadata approves it.
     probabilities : bool
         Keep the probabilities in the result (else None, freeing memory).
     postprocess : mapping, optional
@@ -135,6 +136,11 @@ class SegmentConfig:
             changes["threshold"] = stored.get("threshold", recommended_threshold(dict(metadata)))
         if self.level is None and card.get("level") is not None:
             changes["level"] = int(card["level"])
+        if self.precision == "auto":
+            # bf16 only where the model file records that it kept the fp32 labels.
+            from ..inference import default_precision
+
+            changes["precision"] = default_precision(metadata, self.device)
         if self.postprocess is None:
             # e.g. em-membranes: cells are the 4-connected components ("method": "components").
             changes["postprocess"] = {k: card[k] for k in _POSTPROCESS_KEYS if k in card}
