@@ -9,7 +9,7 @@ ceilings in ../shared/notes/performance-facts.md (fp32 ~290 GFLOP/s, bf16 AMX
 ~1,500 GFLOP/s on 2 threads).
 
 Agreement: the pretrained ``nuclei`` model on a DSB2018 image (its own kind
-of check image, :func:`napari_unet.inference.inference_check`): share of
+of check image, :func:`napari_unet.agreement.inference_check`): share of
 pixels with the fp32 class and instance count change.
 
 End to end: the ``nuclei`` model, 2048x2048 image and a 20-plane 512x512
@@ -30,7 +30,8 @@ import torch
 from torch import nn
 
 from _common import Row
-from napari_unet.inference import bf16_supported, cache_onnx, inference_check, make_backend
+from napari_unet.agreement import inference_check
+from napari_unet.inference import bf16_supported, cache_onnx, make_backend
 from napari_unet.models import UNet
 
 DSB = Path(__file__).resolve().parents[2] / "shared" / "data" / "dsb2018" / "images"

@@ -51,7 +51,7 @@ LONG_FUNCTIONS = {
     "napari_unet.training.train_iter",
 }
 # inference <-> tiling (inference_check calls predict_tiled): issue 17 moves the check out.
-KNOWN_CYCLES: list[set[str]] = [{"napari_unet.inference", "napari_unet.tiling"}]
+KNOWN_CYCLES: list[set[str]] = []
 # Private core names the widgets still import (issue 16 switches them to napari_unet.io).
 FRONT_END_PRIVATE: set[tuple[str, str]] = {
     ("napari_unet._widgets.predict", "napari_unet._modelfile"),

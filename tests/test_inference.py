@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from napari_unet import export, inference
+from napari_unet.agreement import inference_check
 from napari_unet.inference import (
     bf16_supported,
     cache_onnx,
-    inference_check,
     make_backend,
     model_digest,
 )

@@ -23,7 +23,7 @@ for several engines and precisions:
 Precisions: ``"fp32"``; ``"bf16"`` (autocast; CPUs with AVX-512 BF16 / AMX,
 CUDA); ``"fp16"`` (autocast; CUDA, MPS); ``"auto"``: fp32 unless the model's
 metadata records an agreement check (key ``inference_check``, written by
-:func:`inference_check`) in which bf16 kept at least 99.9 % of pixels in the
+:func:`napari_unet.agreement.inference_check`) in which bf16 kept at least 99.9 % of pixels in the
 same class and the instance count within 1 %.
 
 CUDA and MPS paths are guarded by availability checks; the project's CI has
@@ -61,7 +61,6 @@ __all__ = [
     "cache_dir",
     "cache_onnx",
     "default_precision",
-    "inference_check",
     "make_backend",
     "model_digest",
 ]
@@ -555,79 +554,3 @@ def _session(path: Path, device: torch.device) -> Any:
         while len(_SESSIONS) > _MAX_SESSIONS:
             _SESSIONS.popitem(last=False)
     return session
-
-
-# -- agreement ---------------------------------------------------------------------------------
-
-
-def inference_check(
-    model: nn.Module,
-    image: np.ndarray,
-    *,
-    paths: tuple[tuple[str, str], ...] = (("onnxruntime", "fp32"), ("eager", "bf16")),
-    device: str | torch.device | None = "cpu",
-    tile_shape: tuple[int, int] | None = None,
-) -> dict[str, Any]:
-    """Compare inference paths with fp32 eager on one (normalised) image.
-
-    The result is meant for a model file's metadata under ``inference_check``;
-    :func:`make_backend` with ``precision="auto"`` then uses bf16 where it
-    agreed.
-
-    Parameters
-    ----------
-    model : torch.nn.Module
-        A 2D napari-unet model.
-    image : ndarray, shape (Y, X) or (C, Y, X)
-        The model's check image, normalised as for prediction.
-    paths : tuple of (backend, precision)
-        Paths to compare; those the machine cannot run are recorded with an
-        ``"error"``.
-    device : str or torch.device, optional
-        Where to run.
-    tile_shape : tuple of 2 int, optional
-        As for :func:`~napari_unet.tiling.predict_tiled`.
-
-    Returns
-    -------
-    check : dict
-        ``{"reference": "eager/fp32", "image_shape": [...], "device": ...,
-        "torch": ..., "paths": {"backend/precision": {"class_agreement",
-        "max_abs_diff", "instances", "instance_change"}}}``; the reference's
-        instance count is ``"instances"``.
-    """
-    from .postprocess import probabilities_to_labels
-    from .tiling import predict_tiled
-
-    dev = select_device(device)
-    ref = predict_tiled(
-        model, image, backend="eager", precision="fp32", device=dev, tile_shape=tile_shape
-    )
-    ref_classes = ref.argmax(axis=0)
-    ref_count = int(probabilities_to_labels(ref, spatial_dims=2).max(initial=0))
-    results: dict[str, Any] = {}
-    for backend, precision in paths:
-        name = f"{backend}/{precision}"
-        try:
-            probs = predict_tiled(
-                model, image, backend=backend, precision=precision, device=dev,
-                tile_shape=tile_shape,
-            )  # fmt: skip
-        except (ValueError, ImportError) as err:
-            results[name] = {"error": str(err)}
-            continue
-        count = int(probabilities_to_labels(probs, spatial_dims=2).max(initial=0))
-        results[name] = {
-            "class_agreement": float(np.mean(probs.argmax(axis=0) == ref_classes)),
-            "max_abs_diff": float(np.abs(probs - ref).max()),
-            "instances": count,
-            "instance_change": (count - ref_count) / max(ref_count, 1),
-        }
-    return {
-        "reference": "eager/fp32",
-        "instances": ref_count,
-        "image_shape": list(np.shape(image)),
-        "device": dev.type,
-        "torch": torch.__version__,
-        "paths": results,
-    }
