@@ -467,6 +467,12 @@ def test_predict_rgba_with_a_one_channel_model_and_clear_errors(
     )
     np.testing.assert_array_equal(result.data > 0, expected > 0)
 
+    # A typing slip in the object diameter: refused with what to type instead.
+    predict._diameter.value = "25 pixels"
+    assert predict.start() is None
+    assert "object diameter '25 pixels' is not a number of pixels" in errors[-1]
+    predict._diameter.value = "none"
+
     # NaN in the image: a message that names the layer and the fix, not an internal shape.
     bad = np.ones((32, 32), np.float32)
     bad[3, 3] = np.nan
@@ -475,6 +481,15 @@ def test_predict_rgba_with_a_one_channel_model_and_clear_errors(
     _wait_idle(qtbot, predict)
     assert "'with nan' contains NaN" in errors[-1] and "shape" not in errors[-1]
     assert not [out for out in viewer.layers if out.name.startswith("with nan cells")]
+
+
+def test_object_diameter_field():
+    from napari_unet._widgets.predict import parse_diameter
+
+    assert parse_diameter("") == "default" and parse_diameter(" Auto ") == "auto"
+    assert parse_diameter("none") is None and parse_diameter("24.5 px") == 24.5
+    assert isinstance(parse_diameter("-3"), ValueError)
+    assert isinstance(parse_diameter("nan"), ValueError)
 
 
 def test_removing_the_image_during_predict_adds_nothing(make_napari_viewer, qtbot, tiny_model):

@@ -4,8 +4,8 @@ The paper's settings (depth 4, 64 base channels, 572 px tiles, SGD with
 momentum 0.99, many iterations) need a GPU: on a 2-core CPU they showed an
 ETA near an hour. The CPU preset is the demo's network (depth 3, 16 base
 channels, 124 px tiles, Adam, 300 iterations), which gives usable cells in
-minutes. The GPU preset takes its network from
-:func:`napari_unet.train_settings.training_preset` (shared with the command line).
+minutes. Both come from :func:`napari_unet.train_settings.training_preset`
+(shared with the command line).
 """
 
 from __future__ import annotations
@@ -20,8 +20,6 @@ PRESET_TEXT = {
     "cpu": "CPU: quick, minutes",
     "gpu": "GPU: the paper's settings",
 }
-
-_CPU = {"depth": 3, "base_channels": 16, "tile": 124, "optimizer": "adam", "iterations": 300}
 
 # Seconds per iteration ~ overhead + cost * tile**2 * base**2 * (depth + 1), fitted to two
 # runs on 2 CPU cores (the demo's network: ~0.2 s/it; depth 4, 32 channels, 572 px: ~3 s/it).
@@ -46,19 +44,15 @@ def default_preset() -> str:
 
 
 def preset_values(name: str) -> dict[str, Any]:
-    """Depth, base channels, tile (0 = automatic, 572 px), optimiser and iterations."""
-    if name == "cpu":
-        return dict(_CPU)
+    """Depth, base channels, tile (0 = automatic, 572 px), optimiser and iterations.
+
+    From :data:`napari_unet.train_settings.PRESETS`, shared with ``napari-unet train --preset``.
+    """
     from ..train_settings import training_preset
 
-    network = training_preset("gpu")
-    return {
-        "depth": network["depth"],
-        "base_channels": network["base_channels"],
-        "tile": 0,
-        "optimizer": "sgd",
-        "iterations": 1000,
-    }
+    values = training_preset(name)
+    values["tile"] = values.get("tile") or 0
+    return values
 
 
 @dataclass

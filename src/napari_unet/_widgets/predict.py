@@ -15,6 +15,7 @@ from magicgui.widgets import (
     FileEdit,
     FloatSpinBox,
     Label,
+    LineEdit,
     ProgressBar,
     PushButton,
     SpinBox,
@@ -66,6 +67,8 @@ def predict_job(
     keep_probabilities: bool,
     backend: str = "auto",
     precision: str = "auto",
+    diameter: float | str | None = "default",
+    info: dict[str, Any] | None = None,
 ) -> Generator[Progress, None, tuple[np.ndarray, np.ndarray | None]]:
     """Model file + image -> (labels, probabilities), yielding progress often.
 
@@ -95,6 +98,10 @@ def predict_job(
         Return the probabilities as well (else None, freeing the memory).
     backend, precision : str
         Inference engine and precision (:class:`~napari_unet.segment.SegmentConfig`).
+    diameter : float, "auto", "default" or None
+        Typical object diameter in the image, pixels (``SegmentConfig.diameter``).
+    info : dict, optional
+        Filled with ``Segmentation.info`` (the diameter used, whether estimated).
 
     Returns
     -------
@@ -111,8 +118,11 @@ def predict_job(
         backend=backend,
         precision=precision,
         probabilities=keep_probabilities,
+        diameter=diameter,
     )
     result = yield from iter_segment(model_path, data, channel_axis=channel_axis, config=config)
+    if info is not None:
+        info.update(result.info or {})
     return result.labels, result.probabilities
 
 
@@ -189,6 +199,13 @@ class PredictWidget(ScrollDock):
             label="cell threshold", min=0.05, max=0.95, step=0.05, value=0.5
         )
         self._probabilities = CheckBox(text="also add probabilities", value=False)
+        self._diameter = LineEdit(label="object diameter (px)", value="")
+        self._diameter.native.setPlaceholderText("auto")
+        self._diameter.tooltip = (
+            "Typical cell diameter in this image, in pixels: the image is rescaled to the "
+            "model's training size. Empty: the model's default (estimated when the model "
+            "records its object size); 'none': no rescaling."
+        )
         self._link = CheckBox(text="link planes into 3D objects (Z-stack)", value=False)
         self._link.tooltip = (
             "One id per cell through the stack, by overlap between neighbouring planes "
@@ -211,6 +228,7 @@ class PredictWidget(ScrollDock):
                 self._tta,
                 self._threshold,
                 self._probabilities,
+                self._diameter,
                 self._link,
                 self._device,
             ]
@@ -365,6 +383,10 @@ class PredictWidget(ScrollDock):
                 "channel axis (or a model trained on such images)."
             )
             return None
+        diameter = parse_diameter(self._diameter.value)
+        if isinstance(diameter, ValueError):
+            show_error(f"Predict: {diameter}")
+            return None
         if len(spatial_shape(image, axis)) < 2:
             show_error(f"Predict: '{image.name}' needs at least two spatial axes (Y, X).")
             return None
@@ -374,6 +396,7 @@ class PredictWidget(ScrollDock):
             "probabilities": self._probabilities.value,
             "model": path,
             "colour": colour,
+            "info": {},
         }
         if _is_lazy(data):
             if colour is not None:
@@ -400,6 +423,8 @@ class PredictWidget(ScrollDock):
             device=self._device.value,
             keep_probabilities=self._probabilities.value,
             link=bool(self._link.value and self._link.enabled),
+            diameter=diameter,
+            info=self._job["info"],
         )
         worker.yielded.connect(self._on_progress)
         worker.returned.connect(self._on_returned)
@@ -510,6 +535,9 @@ class PredictWidget(ScrollDock):
         seconds = time.perf_counter() - self._started
         self._progress.value = 1000
         grey = " (converted to grey)" if self._job.get("colour") == GREY else ""
+        info = self._job.get("info") or {}
+        if info.get("estimated") and info.get("diameter"):
+            grey += f", objects ~{float(info['diameter']):.0f} px (estimated)"
         self._status.value = (
             f"{n} cells found{grey} in {_format_seconds(seconds)} -> '{elide(layer.name)}'"
         )
@@ -537,6 +565,30 @@ class PredictWidget(ScrollDock):
         self.worker = None
         if self._alive:
             self._set_running(False)
+
+
+def parse_diameter(text: str) -> float | str | ValueError | None:
+    """The object-diameter field: "" -> "default", "auto", "none" -> None, or pixels.
+
+    Returns the ValueError (not raised) for text that is none of these.
+    """
+    value = (text or "").strip().lower()
+    if value in ("", "default"):
+        return "default"
+    if value == "auto":
+        return "auto"
+    if value in ("none", "off", "0"):
+        return None
+    try:
+        number = float(value.removesuffix("px").strip())
+    except ValueError:
+        number = -1.0
+    if not number > 0 or number != number:
+        return ValueError(
+            f"object diameter {text!r} is not a number of pixels; leave it empty (automatic), "
+            "type 'none' (no rescaling) or a diameter such as 25"
+        )
+    return number
 
 
 def _is_lazy(data: Any) -> bool:

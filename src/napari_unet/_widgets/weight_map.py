@@ -199,7 +199,7 @@ class WeightMapWidget(ScrollDock):
         }
         if block:
             try:
-                self._on_computed(request, _compute(labels, **settings))
+                self._on_computed(request, _compute(labels, **settings), defer=False)
             except ValueError as err:
                 self._on_error(err)
             return None
@@ -226,7 +226,10 @@ class WeightMapWidget(ScrollDock):
             show_error(f"Weight map: {err}")
             self._info.value = f"failed: {err}"
 
-    def _on_computed(self, request: dict[str, Any], result: dict[str, Any]) -> None:
+    def _on_computed(
+        self, request: dict[str, Any], result: dict[str, Any], *, defer: bool = True
+    ) -> None:
+        """Show a computed preview, unless it is stale."""
         layer = request["layer"]
         if (
             not self._alive
@@ -251,6 +254,27 @@ class WeightMapWidget(ScrollDock):
             opacity=0.8,
             **transform,
         )
+        adding = self._borders_layer is None or self._borders_layer not in self._viewer.layers
+        if borders is not None and adding and defer:
+            # Adding a 2048 x 2048 layer costs napari most of a second on 2 cores (layer
+            # controls, visual): the second layer waits for the next event-loop turn, so the
+            # GUI stalls for one layer at a time.
+            QTimer.singleShot(0, lambda: self._finish(request, result, transform))
+            return
+        self._finish(request, result, transform)
+
+    def _finish(
+        self, request: dict[str, Any], result: dict[str, Any], transform: dict[str, Any]
+    ) -> None:
+        layer = request["layer"]
+        if not self._alive or layer not in self._viewer.layers:
+            return
+        self._update_borders_layer(layer, result["borders"], transform)
+        self._report(request, result)
+
+    def _update_borders_layer(
+        self, layer: Labels, borders: np.ndarray | None, transform: dict[str, Any]
+    ) -> None:
         if borders is not None:
             if self._borders_layer is not None and self._hid_borders:
                 self._borders_layer.visible = True  # shown again after we hid it
@@ -267,6 +291,9 @@ class WeightMapWidget(ScrollDock):
         elif self._borders_layer is not None and self._borders_layer in self._viewer.layers:
             self._borders_layer.visible = False
             self._hid_borders = True
+
+    def _report(self, request: dict[str, Any], result: dict[str, Any]) -> None:
+        top = result["top"]
         self.last_ms = 1000 * (time.perf_counter() - request["start"])
         self.updates += 1
         plane = request["plane"]
@@ -280,9 +307,10 @@ class WeightMapWidget(ScrollDock):
         """Update our preview layer in place, or add a new one (never someone else's)."""
         if existing is not None and existing in self._viewer.layers:
             existing.data = data
-            existing.scale = kwargs["scale"]
-            existing.translate = kwargs["translate"]
-            existing.contrast_limits = kwargs["contrast_limits"]
+            # Each assignment refreshes the layer: only what changed.
+            for key in ("scale", "translate", "contrast_limits"):
+                if tuple(getattr(existing, key)) != tuple(kwargs[key]):
+                    setattr(existing, key, kwargs[key])
             if not existing.name.startswith(name):
                 # Another labels layer was chosen: the preview follows, under its name.
                 existing.name = unique_name(self._viewer, name)
