@@ -14,7 +14,7 @@ import numpy as np
 
 from ..axes import find_channel_axis, move_channels
 from ..outputs import TMP_SUFFIX, atomic_path
-from ._config import SegmentConfig, _predict_kwargs, _setup
+from ._config import SegmentConfig, _predict_kwargs, _require_2d, _setup
 
 if TYPE_CHECKING:
     from torch import nn
@@ -155,6 +155,7 @@ def segment_chunked(
     from ..tiling import predict_dask
 
     net, config, normalization = _setup(model, config, normalization)
+    _require_2d(net, "chunked segmentation")
     if config.tta:
         raise ValueError(
             "test-time augmentation is not available in chunked mode (Zarr, large TIFF)"

@@ -73,6 +73,12 @@ class SegmentConfig:
         rescaling. ``"default"``: ``"auto"`` for instance models (three
         classes) that record their object size, else None. In-memory images
         only (:func:`segment_dask` and :func:`segment_chunked` never rescale).
+    link_planes : bool
+        A 2D model on a (Z, Y, X) stack: link the planes' instances into 3D
+        objects by overlap (:func:`napari_unet.linking.link_planes`), so one
+        cell is one id through the stack. For a Z axis only (not time); the
+        front ends turn it on for Z-stacks. In-memory images only. A 3D model
+        (``spatial_dims=3``) segments the volume as a volume instead.
     """
 
     tile: int | None = None
@@ -88,6 +94,7 @@ class SegmentConfig:
     diameter: float | str | None = "default"
     model_diameter: float | None = None  # filled in by resolve()
     num_classes: int | None = None  # filled in by resolve()
+    link_planes: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.diameter, str) and self.diameter not in ("auto", "default"):
@@ -216,9 +223,17 @@ def load_segmenter(model: Any, *, level: int | None = None) -> tuple[nn.Module, 
                 f"a pruning level applies to U-Net++ models; this is {type(net).__name__}"
             )
         net = net.prune(level)
-    if getattr(net, "spatial_dims", 2) != 2:
-        raise ValueError("segmentation supports 2D models only")
+    if getattr(net, "spatial_dims", 2) not in (2, 3):
+        raise ValueError("segmentation supports 2D and 3D models only")
     return net, metadata
+
+
+def _require_2d(net: nn.Module, where: str) -> None:
+    if getattr(net, "spatial_dims", 2) != 2:
+        raise ValueError(
+            f"{where} runs 2D models plane by plane; a 3D model segments in-memory volumes "
+            "(segment / iter_segment)"
+        )
 
 
 def _setup(

@@ -8,7 +8,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..normalize import Normalization
-from ._config import SegmentConfig, _arranged, _labels_of_plane, _predict_kwargs, _setup
+from ._config import (
+    SegmentConfig,
+    _arranged,
+    _labels_of_plane,
+    _predict_kwargs,
+    _require_2d,
+    _setup,
+)
 
 if TYPE_CHECKING:
     import dask.array
@@ -57,6 +64,7 @@ def segment_dask(
     from ..tiling import _model_key
 
     net, config, normalization = _setup(model, config, normalization)
+    _require_2d(net, "lazy segmentation")
     arr, axis = _arranged(net, da.asarray(image), channel_axis)
     if axis is None:
         arr = arr[..., np.newaxis, :, :]

@@ -55,6 +55,8 @@ def iter_segment(
     data, axis = _arranged(net, np.asarray(image), channel_axis)
     normalized = normalization(data, channel_axis=axis)
     yield Progress(0, 1, "normalize")
+    if getattr(net, "spatial_dims", 2) == 3:
+        return (yield from _segment_volume(net, normalized, axis, config))
     from ..tiling import iter_predict_stack
 
     factor, info = yield from _diameter_step(net, normalized, axis, config)
@@ -69,6 +71,36 @@ def iter_segment(
         probs = restore_probabilities(probs, shape)
         config = replace(config, postprocess=scaled_sizes(config.postprocess or {}, factor))
     labels = yield from _iter_label_planes(probs, config)
+    if config.link_planes and labels.ndim == 3:
+        from ..linking import link_planes
+
+        labels = link_planes(labels).astype(np.uint32, copy=False)
+    return Segmentation(labels, probs if config.probabilities else None, config, info)
+
+
+def _segment_volume(
+    net: Any, volume: np.ndarray, axis: int | None, config: SegmentConfig
+) -> Generator[Progress, None, Segmentation]:
+    """A 3D model: one (Z, Y, X) volume, tiled in 3D and labelled in 3D."""
+    from ..postprocess import probabilities_to_labels
+    from ..tiling import iter_predict_tiled
+
+    if axis is not None:
+        volume = np.moveaxis(volume, axis, 0)
+    if volume.ndim != (3 if axis is None else 4):
+        raise ValueError(
+            f"a 3D model segments one (Z, Y, X) volume (channels apart), got shape "
+            f"{volume.shape}; pass each volume of a time series on its own"
+        )
+    kwargs = _predict_kwargs(config)
+    if config.tile is not None:
+        kwargs["tile_shape"] = (config.tile,) * 3
+    probs = yield from iter_predict_tiled(net, volume, tta=config.tta, **kwargs)
+    labels = probabilities_to_labels(
+        probs, threshold=config.threshold, spatial_dims=3, **dict(config.postprocess or {})
+    )
+    yield Progress(1, 1, "labels")
+    info = {"diameter": None, "factor": 1.0}
     return Segmentation(labels, probs if config.probabilities else None, config, info)
 
 
