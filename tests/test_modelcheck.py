@@ -67,7 +67,10 @@ def no_build(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a network was built before the file was refused")
 
+    from napari_unet import export
+
     monkeypatch.setattr(_modelfile, "build_model", refuse)
+    monkeypatch.setattr(export, "build_model", refuse)  # packages' state-dict path
 
 
 # -- budget ------------------------------------------------------------------------------------
@@ -530,3 +533,27 @@ def test_anisotropic_3d_unet_round_trips(tmp_path):
     loaded, meta = load_model(path)
     assert loaded.config() == model.config() and meta["arguments"]["spacing"] == [3.0, 1.0, 1.0]
     assert parameter_count("unet", meta["arguments"]) == sum(p.numel() for p in model.parameters())
+
+
+def test_package_state_dict_weights_are_bounded_before_loading(tmp_path, model_file):
+    # The pytorch_state_dict fallback: a torch.save archive that expands a thousandfold.
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as inner:
+        inner.writestr("archive/data/0", b"\0" * (20 * 2**20))
+    rdf = yaml.safe_load(_rdf(model_file))
+    rdf["attachments"] = []
+    rdf["weights"] = {"pytorch_state_dict": {"source": "weights.pt"}}
+    path = _package(
+        tmp_path, {"rdf.yaml": yaml.safe_dump(rdf).encode(), "weights.pt": buffer.getvalue()}
+    )
+    with pytest.raises(ModelFileError, match=r"weights.pt.*zip bomb"):
+        load_model(path)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_package_on_cuda_without_a_gpu(tmp_path, model_file):
+    path = _package(
+        tmp_path, {"rdf.yaml": _rdf(model_file), "model.safetensors": model_file.read_bytes()}
+    )
+    with pytest.raises(ValueError, match="'cuda' is not available"):
+        load_model(path, device="cuda")

@@ -26,14 +26,13 @@ import torch
 import yaml
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import HealthCheck, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from napari_unet import _modelfile  # noqa: E402
 from napari_unet._modelfile import ModelFileError, load_checkpoint, save_model  # noqa: E402
 from napari_unet.io import load_model, read_metadata  # noqa: E402  (files and packages)
 from napari_unet.modelcheck import validate_metadata  # noqa: E402
-from napari_unet.models import UNet  # noqa: E402
+from napari_unet.models import UNet, UNetPlusPlus  # noqa: E402
 from napari_unet.normalize import Normalization  # noqa: E402
 from napari_unet.pretrained import recommended_threshold  # noqa: E402
 from napari_unet.tensortable import expected_tensors  # noqa: E402
@@ -96,25 +95,25 @@ def _join(header: dict, body: bytes) -> bytes:
     return struct.pack("<Q", len(raw)) + raw + body
 
 
-class _Budgeted:
-    """Stands in for an architecture class: refuses to build above BUDGET (checked on meta)."""
+def _guarded(cls: type):
+    """``cls.__init__`` that first counts the parameters on the meta device (nothing allocated)."""
+    original = cls.__init__
 
-    def __init__(self, cls: type) -> None:
-        self.cls = cls
+    def __init__(self, *args, **kwargs):
+        if torch.get_default_device().type != "meta":
+            count = sum(p.numel() for p in expected_tensors(cls, kwargs).parameters())
+            assert count <= BUDGET, f"built {count} parameters, above the budget {BUDGET}"
+        original(self, *args, **kwargs)
 
-    def __call__(self, **kwargs):
-        shapes = expected_tensors(self.cls, kwargs)  # meta device: nothing allocated
-        count = sum(p.numel() for p in shapes.parameters())
-        assert count <= BUDGET, f"built {count} parameters, above the budget {BUDGET}"
-        return self.cls(**kwargs)
+    return __init__
 
 
 def _load_everything(path: Path) -> None:
     """Every reader on ``path``: success, or a documented error; then the consumers."""
-    architectures = {name: _Budgeted(cls) for name, cls in _modelfile.ARCHITECTURES.items()}
     with (
         mock.patch.dict(os.environ, {"NAPARI_UNET_MAX_PARAMETERS": str(BUDGET)}),
-        mock.patch.dict(_modelfile.ARCHITECTURES, architectures),
+        mock.patch.object(UNet, "__init__", _guarded(UNet)),
+        mock.patch.object(UNetPlusPlus, "__init__", _guarded(UNetPlusPlus)),
     ):
         for reader in (read_metadata, load_model, load_checkpoint):
             try:
@@ -287,16 +286,33 @@ _RDF_PATHS = [
     ("type",),
 ]
 
+
+@functools.cache
+def _good_state_dict() -> bytes:
+    """The tiny model's weights as bioimage.io's pytorch_state_dict (of the softmax wrapper)."""
+    from safetensors.torch import load
+
+    tensors = {f"model.{k}": v for k, v in load(_good_file()).items() if "__optimizer__" not in k}
+    buffer = io.BytesIO()
+    torch.save(tensors, buffer)
+    return buffer.getvalue()
+
+
 _names = st.sampled_from(
     ["rdf.yaml", "model.safetensors", "weights.pt", "../x", "/abs", "a/b", "C:x", "sub/../../y"]
 ) | st.text(alphabet="ab./\\:", min_size=1, max_size=6)
 
 
 @FUZZ
+@example(members={"rdf.yaml": "good-rdf", "model.safetensors": "good-model"}, rdf_edit=None,
+         package_edit=None)  # fmt: skip
+@example(members={"rdf.yaml": "good-rdf", "weights.pt": "good-state"}, rdf_edit=None,
+         package_edit=None)  # fmt: skip
 @given(
     members=st.dictionaries(
         _names,
-        st.binary(max_size=200) | st.sampled_from(["good-model", "good-rdf", "yaml"]),
+        st.binary(max_size=200)
+        | st.sampled_from(["good-model", "good-rdf", "yaml", "good-state"]),
         max_size=5,
     ),
     rdf_edit=st.tuples(st.sampled_from(_PATHS), json_values, st.booleans()),
@@ -308,9 +324,13 @@ def test_random_zips(folder, members, rdf_edit, package_edit):
         for name, content in members.items():
             if content == "good-model":
                 content = _good_file()
+            elif content == "good-state":
+                content = _good_state_dict()
             elif content in ("good-rdf", "yaml"):
                 rdf = json.loads(json.dumps(_good_rdf()))
-                if content == "yaml":
+                if "weights.pt" in members:
+                    rdf["attachments"] = []  # the state-dict fallback
+                if content == "yaml" and rdf_edit is not None:
                     _mutate(rdf["config"]["napari_unet"]["metadata"], *rdf_edit)
                     _mutate(rdf, *package_edit)
                 content = yaml.safe_dump(rdf).encode()
@@ -321,6 +341,8 @@ def test_random_zips(folder, members, rdf_edit, package_edit):
     path = folder / "package.zip"
     path.write_bytes(buffer.getvalue())
     _load_everything(path)
+    if rdf_edit is None:  # the two explicit examples are valid packages: they must load
+        assert load_model(path)[1]["classes"] == ["background", "cell", "border"]
 
 
 @settings(max_examples=_DEEP or 200, deadline=None, derandomize=not _DEEP)

@@ -71,6 +71,7 @@ from ._modelfile import (
     load_model_bytes,
     save_model,
 )
+from .devices import select_device
 from .modelcheck import (
     MAX_RDF_BYTES,
     check_member_name,
@@ -1166,6 +1167,8 @@ def load_bioimageio(
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"model package {path} does not exist")
+    if device is not None:
+        device = select_device(device)  # a clear error for "cuda" without a GPU, before reading
     with _Package(path) as package:
         rdf = package.rdf()
         ours, document = _our_config(path, rdf)
@@ -1244,8 +1247,23 @@ def _model_from_state_dict(
         raise ModelFileError(
             f"{path} has neither a {_MODEL_FILE} attachment nor pytorch_state_dict weights"
         )
+    # Built first: the stored arguments and the parameter budget are checked before any weights.
+    wrapper = ExportWrapper(document["architecture"], document["arguments"])
     data = package.read(entry["source"], _weights_limit())
     _check_sha(path, entry["source"], data, entry)
+    try:
+        if zipfile.is_zipfile(io.BytesIO(data)):  # torch.save's format: its sizes, before loading
+            with zipfile.ZipFile(io.BytesIO(data)) as inner:
+                check_zip_members(
+                    inner,
+                    source=f"{path}: {entry['source']}",
+                    max_total=_weights_limit(),
+                    max_members=100_000,
+                )
+    except (zipfile.BadZipFile, ValueError, EOFError) as err:
+        if isinstance(err, ModelFileError):
+            raise
+        raise ModelFileError(f"{path}: {entry['source']} is not a readable zip ({err})") from err
     try:
         # weights_only: tensors and plain containers only; pickled code is refused.
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
@@ -1253,7 +1271,6 @@ def _model_from_state_dict(
         raise ModelFileError(
             f"{path}: cannot read the pytorch_state_dict weights safely ({err})"
         ) from err
-    wrapper = ExportWrapper(document["architecture"], document["arguments"])
     try:
         wrapper.load_state_dict(state, strict=True)
     except (RuntimeError, TypeError, AttributeError) as err:

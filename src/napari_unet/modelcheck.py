@@ -533,7 +533,13 @@ def check_member_name(name: str, *, source: object = "package") -> None:
         )
 
 
-def check_zip_members(archive: zipfile.ZipFile, *, source: object, max_total: int) -> None:
+def check_zip_members(
+    archive: zipfile.ZipFile,
+    *,
+    source: object,
+    max_total: int,
+    max_members: int = MAX_PACKAGE_MEMBERS,
+) -> None:
     """Check a package zip's directory before any member is read or extracted.
 
     Parameters
@@ -542,6 +548,8 @@ def check_zip_members(archive: zipfile.ZipFile, *, source: object, max_total: in
         Opened; only its central directory has been read.
     max_total : int
         The largest total uncompressed size accepted, in bytes.
+    max_members : int, optional
+        The most members accepted.
 
     Raises
     ------
@@ -551,10 +559,10 @@ def check_zip_members(archive: zipfile.ZipFile, *, source: object, max_total: in
         :data:`MAX_COMPRESSION_RATIO` times (a zip bomb).
     """
     members = archive.infolist()
-    if len(members) > MAX_PACKAGE_MEMBERS:
+    if len(members) > max_members:
         raise ModelFileError(
             f"{source} has {len(members)} members; a model package has at most "
-            f"{MAX_PACKAGE_MEMBERS}. Nothing was read"
+            f"{max_members}. Nothing was read"
         )
     total = 0
     for info in members:
