@@ -333,10 +333,22 @@ def _check_postprocessing(source: object, key: str, value: Any) -> None:
         t = post["threshold"]
         if not _is_number(t) or not 0.0 < t < 1.0:
             raise _fail(source, f"{key}.threshold", t, "a number in (0, 1)")
-    if "method" in post:
-        _typed(source, f"{key}.method", post["method"], (str,), "a string")
+    if "method" in post and post["method"] not in ("watershed", "components"):
+        raise _fail(source, f"{key}.method", post["method"], "'watershed' or 'components'")
     if post.get("level") is not None:
         _int(source, f"{key}.level", post["level"], 1)
+    # The keywords of postprocess.probabilities_to_labels that a file may recommend.
+    if post.get("seed_threshold") is not None:
+        t = post["seed_threshold"]
+        if not _is_number(t) or not 0.0 < t < 1.0:
+            raise _fail(source, f"{key}.seed_threshold", t, "a number in (0, 1) or null")
+    for name in ("min_size", "min_seed_size"):
+        if post.get(name) is not None:
+            _int(source, f"{key}.{name}", post[name], 0)
+    if post.get("split_depth") is not None:
+        _number(source, f"{key}.split_depth", post["split_depth"], 0.0, math.inf, "a number >= 0")
+    if post.get("fill_holes") is not None and not isinstance(post["fill_holes"], bool):
+        raise _fail(source, f"{key}.fill_holes", post["fill_holes"], "true or false")
 
 
 _TRAINING_TYPES: dict[str, tuple[tuple, str]] = {
@@ -409,7 +421,7 @@ KNOWN_KEYS: dict[str, str] = {
     "normalization": "a JSON object (see napari_unet.normalize.Normalization.to_dict) or null",
     "training": "a JSON object (provenance written by napari_unet.training.train) or null",
     "pretrained": "a JSON object (a bundled model's card)",
-    "postprocessing": "a JSON object; its threshold a number in (0, 1)",
+    "postprocessing": "a JSON object of probabilities_to_labels keywords (threshold in (0, 1))",
     "object_diameter": "a positive number of pixels",
     "spacing": "a list of 2 or 3 positive numbers (pixel or voxel size per axis)",
     "inference_check": "a JSON object",
