@@ -402,6 +402,7 @@ class TrainWidget(ScrollDock):
         worker : GeneratorWorker or None
             None if something is missing (an error notification says what).
         """
+        from ..train_settings import default_val_every
         from ..training import TrainConfig
 
         if self.worker is not None:
@@ -462,8 +463,9 @@ class TrainWidget(ScrollDock):
                 sigma=self._session.weights.sigma,
                 class_weights=self._session.weights.class_weights,
                 val_fraction=val_fraction,
-                val_every=max(1, iterations // 20),
-                checkpoint_every=min(100, iterations),
+                # The command line's defaults: validate and save every 10 % (at most 100 it).
+                val_every=default_val_every(iterations),
+                checkpoint_every=default_val_every(iterations),
                 device=self._device.value,
             )
         except ValueError as err:
