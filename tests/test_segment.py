@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import tifffile
@@ -87,10 +89,12 @@ def test_cli_python_and_widget_give_identical_labels_and_probabilities(grey, tmp
     extra = [
         f"--{key}" if value is True else f"--{key}={value}" for key, value in settings.items()
     ]
+    # The front ends link the planes of a Z-stack (the CLI by default, the widget's
+    # checkbox is on for 3D layers); the library does when asked.
     cli_labels, cli_probs = _cli(root, root / "stack.tif", tmp_path / "cli", *extra)
-
-    result = segment(model, stack, config=SegmentConfig(device="cpu", **settings))
-    widget_labels, widget_probs = _widget_job(model, stack, None, **settings)
+    config = SegmentConfig(device="cpu", link_planes=True, **settings)
+    result = segment(model, stack, config=config)
+    widget_labels, widget_probs = _widget_job(model, stack, None, link_planes=True, **settings)
 
     if not settings.get("tta"):  # TTA averages the (orientation-bound) blobs away
         assert result.labels.max() > 20  # many cells over three planes: a real comparison
@@ -129,7 +133,7 @@ def test_colour_image_identical_from_a_png_and_an_rgb_layer(tmp_path):
 def test_lazy_planes_are_the_in_memory_planes(grey):
     da = pytest.importorskip("dask.array")
     root, stack = grey
-    config = SegmentConfig(device="cpu", backend="eager")
+    config = SegmentConfig(device="cpu", backend="eager")  # lazy planes are never linked
     memory = segment(root / "m.safetensors", stack, config=config).labels
     lazy = segment_dask(
         root / "m.safetensors", da.from_array(stack, chunks=(1, 60, 52)), config=config
@@ -145,6 +149,26 @@ def test_lazy_planes_are_the_in_memory_planes(grey):
             plane[cells] - index * LAZY_ID_STRIDE, memory[index][cells] - offset
         )
         offset = int(memory[index].max())
+
+
+def test_z_planes_are_linked_and_t_planes_are_not(grey, tmp_path):
+    root, stack = grey
+    twice = np.stack([stack[0], stack[0]])  # the same cells in two planes
+    config = SegmentConfig(device="cpu", backend="eager", link_planes=True)
+    linked = segment(root / "m.safetensors", twice, config=config).labels
+    assert linked.max() > 20
+    np.testing.assert_array_equal(linked[0], linked[1])  # one id per cell through the stack
+    as_time = segment(root / "m.safetensors", twice, config=replace(config, axes="TYX")).labels
+    assert as_time[1][as_time[1] > 0].min() == as_time[0].max() + 1  # planes apart
+    tifffile.imwrite(tmp_path / "twice.tif", twice, photometric="minisblack")
+    cli_labels, _ = _cli(root, tmp_path / "twice.tif", tmp_path / "out", "--backend=eager")
+    assert np.array_equal(cli_labels, linked)
+    cli_time, _ = _cli(
+        root, tmp_path / "twice.tif", tmp_path / "t", "--backend=eager", "--axes=TYX"
+    )
+    assert np.array_equal(cli_time, as_time)
+    with pytest.raises(ValueError, match="axes"):
+        SegmentConfig(axes="XYZ")
 
 
 def test_settings_come_from_the_model_and_cancel_stops(grey):

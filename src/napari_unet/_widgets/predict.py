@@ -69,6 +69,7 @@ def predict_job(
     precision: str = "auto",
     diameter: float | str | None = "default",
     info: dict[str, Any] | None = None,
+    link_planes: bool | None = False,
 ) -> Generator[Progress, None, tuple[np.ndarray, np.ndarray | None]]:
     """Model file + image -> (labels, probabilities), yielding progress often.
 
@@ -102,6 +103,9 @@ def predict_job(
         Typical object diameter in the image, pixels (``SegmentConfig.diameter``).
     info : dict, optional
         Filled with ``Segmentation.info`` (the diameter used, whether estimated).
+    link_planes : bool or None
+        Link the planes of a (Z, Y, X) stack into 3D objects
+        (``SegmentConfig.link_planes``; None: when the image is a Z-stack).
 
     Returns
     -------
@@ -117,6 +121,7 @@ def predict_job(
         device=device,
         backend=backend,
         precision=precision,
+        link_planes=link_planes,
         probabilities=keep_probabilities,
         diameter=diameter,
     )

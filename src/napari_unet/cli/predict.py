@@ -55,6 +55,15 @@ def add_parser(subparsers: Any, parents: list) -> None:
     )
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
     parser.add_argument("--probabilities", action="store_true", help="also write probabilities")
+    _add_settings(parser)
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_chunked(parser)
+    parser.set_defaults(run=run)
+
+
+def _add_settings(parser: argparse.ArgumentParser) -> None:
+    """The pipeline settings (napari_unet.segment.SegmentConfig)."""
     parser.add_argument("--tta", action="store_true", help="average over 8 rotations/flips")
     parser.add_argument("--tile", type=int, metavar="N", help="input tile side (default: auto)")
     parser.add_argument("--batch-size", type=int, default=1, help="tiles per forward pass")
@@ -90,8 +99,21 @@ def add_parser(subparsers: Any, parents: list) -> None:
         choices=("auto", "fp32", "bf16", "fp16"),
         help="auto (default): fp32 unless the model file records a passed bf16 check",
     )
-    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--axes",
+        metavar="AXES",
+        help="what the image axes are, e.g. ZYX, TYX, TZYX, CZYX, YXC (default: a stack with "
+        "one axis besides channels, Y and X is ZYX); planes of a Z axis are linked into 3D "
+        "objects by overlap (linking.link_planes); T planes are not",
+    )
+    parser.add_argument(
+        "--no-link",
+        action="store_true",
+        help="label the planes of a Z-stack independently (in chunked mode they always are)",
+    )
+
+
+def _add_chunked(parser: argparse.ArgumentParser) -> None:
     chunked = parser.add_argument_group("chunked mode (Zarr, large TIFF)")
     chunked.add_argument(
         "--chunks",
@@ -112,7 +134,6 @@ def add_parser(subparsers: Any, parents: list) -> None:
         metavar="PX",
         help="context each chunk is labelled with; should exceed the largest cell (default 64)",
     )
-    parser.set_defaults(run=run)
 
 
 def _settings(args: argparse.Namespace) -> tuple[tuple[Any, dict], Any]:
@@ -135,6 +156,8 @@ def _settings(args: argparse.Namespace) -> tuple[tuple[Any, dict], Any]:
             level=args.level,
             backend=args.backend,
             precision=args.precision,
+            axes=args.axes,
+            link_planes=not args.no_link,
             probabilities=args.probabilities,
         )
         if config.level is not None:  # a wrong level fails before any image is read

@@ -6,6 +6,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,7 +15,14 @@ import numpy as np
 
 from ..axes import find_channel_axis, move_channels
 from ..outputs import TMP_SUFFIX, atomic_path
-from ._config import SegmentConfig, _predict_kwargs, _require_2d, _setup
+from ._config import (
+    SegmentConfig,
+    _axes_channel_axis,
+    _predict_kwargs,
+    _require_2d,
+    _setup,
+    _z_axis,
+)
 
 if TYPE_CHECKING:
     from torch import nn
@@ -163,8 +171,16 @@ def segment_chunked(
     if margin < 1:
         raise ValueError(f"the labels margin must be >= 1, got {margin}")
     source, labels_path = Path(source), Path(labels_path)
+    channel_axis = _axes_channel_axis(config, channel_axis)
     data, axis, axes, scale = _chunked_input(open_chunked(source), net, channel_axis, chunks)
     leading = [a for a in range(data.ndim - 2) if a != axis]
+    if config.link_planes and _z_axis(len(leading) + 2, config) is not None:
+        warnings.warn(
+            f"{source.name}: the planes of a Z-stack are labelled independently in chunked "
+            "mode (not linked into 3D objects); predict in memory to link them",
+            UserWarning,
+            stacklevel=2,
+        )
     probs = predict_dask(
         net,
         normalization.apply_dask(data, channel_axis=axis),

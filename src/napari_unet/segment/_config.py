@@ -55,6 +55,11 @@ class SegmentConfig:
     precision : str
         ``"auto"``, ``"fp32"``, ``"bf16"`` or ``"fp16"``. ``"auto"`` resolves to
         bf16 only where the model's ``inference_check`` metadata approves it.
+    axes : str, optional
+        What the image's axes are, e.g. ``"ZYX"``, ``"TYX"``, ``"TZYX"``,
+        ``"CZYX"``, ``"YXC"`` (letters T, C, Z, Y, X; ``C`` names the channel
+        axis). None: an image with one axis besides channels, Y and X is a
+        Z-stack (ZYX or CZYX); with more leading axes, name them to link.
     probabilities : bool
         Keep the probabilities in the result (else None, freeing memory).
     postprocess : mapping, optional
@@ -76,8 +81,11 @@ class SegmentConfig:
     link_planes : bool
         A 2D model on a (Z, Y, X) stack: link the planes' instances into 3D
         objects by overlap (:func:`napari_unet.linking.link_planes`), so one
-        cell is one id through the stack. For a Z axis only (not time); the
-        front ends turn it on for Z-stacks. In-memory images only. A 3D model
+        cell is one id through the stack. For the Z axis only (see ``axes``;
+        each T of a TZYX series on its own, T planes never); images without
+        a Z axis are not changed. The front ends turn it on for Z-stacks.
+        In-memory images only (:func:`segment_dask` and
+        :func:`segment_chunked` label planes independently). A 3D model
         (``spatial_dims=3``) segments the volume as a volume instead.
     """
 
@@ -89,6 +97,7 @@ class SegmentConfig:
     level: int | None = None
     backend: str = "auto"
     precision: str = "auto"
+    axes: str | None = None
     probabilities: bool = True
     postprocess: Mapping[str, Any] | None = None
     diameter: float | str | None = "default"
@@ -109,6 +118,17 @@ class SegmentConfig:
             raise ValueError(f"`batch_size` must be >= 1, got {self.batch_size!r}")
         if self.threshold is not None and not 0.0 < self.threshold < 1.0:
             raise ValueError(f"`threshold` must be in (0, 1), got {self.threshold}")
+        if self.axes is not None:
+            letters = self.axes.upper()
+            if (
+                not set(letters) <= set("TCZYX")
+                or len(set(letters)) != len(letters)
+                or letters.replace("C", "")[-2:] != "YX"
+            ):
+                raise ValueError(
+                    f"`axes` {self.axes!r}: use the letters T, C, Z, Y, X once each, with Y and X "
+                    "last apart from C (e.g. ZYX, TZYX, CZYX, YXC)"
+                )
         if {"threshold", "spatial_dims"} & set(self.postprocess or {}):
             raise ValueError("`postprocess` must not set `threshold` or `spatial_dims`")
 
@@ -280,3 +300,22 @@ def _arranged(net: nn.Module, data: Any, channel_axis: int | None) -> tuple[Any,
         return data, None
     data = move_channels(data, axis)
     return data, data.ndim - 3
+
+
+def _axes_channel_axis(config: SegmentConfig, channel_axis: int | None) -> int | None:
+    """The channel axis the user named, or the position of ``C`` in ``config.axes``."""
+    if channel_axis is None and config.axes and "C" in config.axes.upper():
+        return config.axes.upper().index("C")
+    return channel_axis
+
+
+def _z_axis(ndim: int, config: SegmentConfig) -> int | None:
+    """The Z axis of the labels (the image without channels), or None."""
+    if config.axes is None:
+        return 0 if ndim == 3 else None
+    letters = config.axes.upper().replace("C", "")
+    if len(letters) != ndim:
+        raise ValueError(
+            f"`axes` {config.axes!r} names {len(letters)} axes besides C, the image has {ndim}"
+        )
+    return letters.index("Z") if "Z" in letters else None

@@ -11,6 +11,7 @@ from ..normalize import Normalization
 from ._config import (
     SegmentConfig,
     _arranged,
+    _axes_channel_axis,
     _labels_of_plane,
     _predict_kwargs,
     _require_2d,
@@ -65,6 +66,7 @@ def segment_dask(
 
     net, config, normalization = _setup(model, config, normalization)
     _require_2d(net, "lazy segmentation")
+    channel_axis = _axes_channel_axis(config, channel_axis)
     arr, axis = _arranged(net, da.asarray(image), channel_axis)
     if axis is None:
         arr = arr[..., np.newaxis, :, :]

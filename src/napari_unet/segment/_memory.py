@@ -15,9 +15,11 @@ from ._config import (
     Segmentation,
     SegmentConfig,
     _arranged,
+    _axes_channel_axis,
     _labels_of_plane,
     _predict_kwargs,
     _setup,
+    _z_axis,
 )
 
 
@@ -36,6 +38,23 @@ def _iter_label_planes(
     return labels
 
 
+def _link_z(labels: np.ndarray, config: SegmentConfig) -> np.ndarray:
+    """Per-plane labels with the planes of the Z axis linked into 3D objects (ids 1..N)."""
+    z = _z_axis(labels.ndim, config)
+    if not config.link_planes or z is None or labels.shape[z] < 2:
+        return labels
+    from ..linking import link_planes
+
+    stacks = np.moveaxis(labels, z, -3)  # (..., Z, Y, X): each T on its own
+    out = np.zeros(stacks.shape, dtype=np.uint32)
+    offset = 0
+    for index in np.ndindex(*stacks.shape[:-3]):
+        linked = link_planes(stacks[index]).astype(np.uint32)
+        out[index] = np.where(linked > 0, linked + np.uint32(offset), 0)
+        offset += int(linked.max(initial=0))
+    return np.moveaxis(out, -3, z)
+
+
 def iter_segment(
     model: Any,
     image: Any,
@@ -52,6 +71,7 @@ def iter_segment(
     """
     net, config, normalization = _setup(model, config, normalization)
     yield Progress(0, 1, "load")
+    channel_axis = _axes_channel_axis(config, channel_axis)
     data, axis = _arranged(net, np.asarray(image), channel_axis)
     normalized = normalization(data, channel_axis=axis)
     yield Progress(0, 1, "normalize")
@@ -71,10 +91,7 @@ def iter_segment(
         probs = restore_probabilities(probs, shape)
         config = replace(config, postprocess=scaled_sizes(config.postprocess or {}, factor))
     labels = yield from _iter_label_planes(probs, config)
-    if config.link_planes and labels.ndim == 3:
-        from ..linking import link_planes
-
-        labels = link_planes(labels).astype(np.uint32, copy=False)
+    labels = _link_z(labels, config)
     return Segmentation(labels, probs if config.probabilities else None, config, info)
 
 
