@@ -110,6 +110,24 @@ def _chunked_input(
     return data, axis, axes, scale
 
 
+def _check_chunked(config: SegmentConfig, margin: int) -> None:
+    if config.tta:
+        raise ValueError(
+            "test-time augmentation is not available in chunked mode (Zarr, large TIFF)"
+        )
+    if margin < 1:
+        raise ValueError(f"the labels margin must be >= 1, got {margin}")
+
+
+def _warn_unlinked(source: Path) -> None:
+    warnings.warn(
+        f"{source.name}: the planes of a Z-stack are labelled independently in chunked "
+        "mode (not linked into 3D objects); predict in memory to link them",
+        UserWarning,
+        stacklevel=3,
+    )
+
+
 def segment_chunked(
     model: Any,
     source: str | os.PathLike,
@@ -164,23 +182,13 @@ def segment_chunked(
 
     net, config, normalization = _setup(model, config, normalization)
     _require_2d(net, "chunked segmentation")
-    if config.tta:
-        raise ValueError(
-            "test-time augmentation is not available in chunked mode (Zarr, large TIFF)"
-        )
-    if margin < 1:
-        raise ValueError(f"the labels margin must be >= 1, got {margin}")
     source, labels_path = Path(source), Path(labels_path)
+    _check_chunked(config, margin)
     channel_axis = _axes_channel_axis(config, channel_axis)
     data, axis, axes, scale = _chunked_input(open_chunked(source), net, channel_axis, chunks)
     leading = [a for a in range(data.ndim - 2) if a != axis]
     if config.link_planes and _z_axis(len(leading) + 2, config) is not None:
-        warnings.warn(
-            f"{source.name}: the planes of a Z-stack are labelled independently in chunked "
-            "mode (not linked into 3D objects); predict in memory to link them",
-            UserWarning,
-            stacklevel=2,
-        )
+        _warn_unlinked(source)
     probs = predict_dask(
         net,
         normalization.apply_dask(data, channel_axis=axis),
