@@ -1,0 +1,206 @@
+"""Volumes: 3D U-Net prediction and training speed and memory, the tile chooser in 3D, linking.
+
+Every measurement runs in a fresh process (one thread) so that its peak
+resident memory (``ru_maxrss``) belongs to it alone; memory is reported as
+the growth of the peak over the process's state just before the measured
+call, per million voxels. Rows:
+
+- 3D prediction (tiled, valid padding, anisotropic pooling) of a synthetic
+  stack against per-plane prediction of the same stack by a 2D U-Net of the
+  same depth and width: seconds and peak MiB per million voxels;
+- the tile chooser's memory model in 3D: the activation bytes it budgets for
+  the tile it picks against the measured peak growth of one forward pass;
+- one training step on a 3D tile against a 2D step on the same number of
+  output pixels (seconds per million output voxels);
+- linking: objects per true cell, per-plane labels of a synthetic anisotropic
+  stack against the same labels linked through Z (linking.link_planes).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+
+from _common import Row
+
+_CHILD = r"""
+import json, resource, sys, time
+import numpy as np, torch
+torch.set_num_threads(1)
+from napari_unet.models import UNet
+from napari_unet.tiling import choose_tile_shape, predict_stack, predict_tiled
+task, depth, base, z, y, x = sys.argv[1], *map(int, sys.argv[2:7])
+rng = np.random.default_rng(0)
+torch.manual_seed(0)
+def rss():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+out = {}
+if task in ("predict3d", "predict2d", "chooser"):
+    volume = rng.normal(size=(z, y, x)).astype(np.float32) if task != "chooser" else None
+    if task == "predict2d":
+        net = UNet(depth=depth, base_channels=base, dropout=0.0, num_classes=3).eval()
+        run = lambda: predict_stack(net, volume, device="cpu")
+    else:
+        net = UNet(depth=depth, base_channels=base, dropout=0.0, num_classes=3,
+                   spatial_dims=3, spacing=(2.0, 1.0, 1.0)).eval()
+        budget = int(sys.argv[7]) if task == "chooser" else None
+        tile = choose_tile_shape(net, (z, y, x), "cpu", memory_budget=budget) if budget else None
+        if task == "chooser":
+            volume = rng.normal(size=tile).astype(np.float32)
+            out["tile"] = list(tile)
+            def run():
+                with torch.inference_mode():
+                    net(torch.from_numpy(volume)[None, None])
+
+            # Warm-up on the smallest tile: one-off allocations are not the tile's.
+            with torch.inference_mode():
+                net(torch.zeros(1, 1, *net.valid_input_shape((1, 1, 1))))
+        else:
+            run = lambda: predict_tiled(net, volume, device="cpu")
+    before = rss()
+    start = time.perf_counter()
+    run()
+    out["seconds"] = time.perf_counter() - start
+    out["peak_mib"] = rss() - before
+else:  # one training step: forward, weighted CE, backward, Adam
+    nd = 3 if task == "train3d" else 2
+    kwargs = {"spatial_dims": 3, "spacing": (2.0, 1.0, 1.0)} if nd == 3 else {}
+    net = UNet(depth=depth, base_channels=base, dropout=0.0, num_classes=3, batch_norm=True,
+               **kwargs)
+    want = (z, y, x) if nd == 3 else (y, x)
+    tile = net.valid_input_shape(want)
+    outs = net.output_shape(tile)
+    batch = 1 if nd == 3 else z  # z planes of (y, x): the same output voxels
+    image = torch.from_numpy(rng.normal(size=(batch, 1, *tile)).astype(np.float32))
+    target = torch.from_numpy(rng.integers(0, 3, size=(batch, *outs)))
+    opt = torch.optim.Adam(net.parameters(), 1e-3)
+    def step():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(net(image), target)
+        loss.backward()
+        opt.step()
+    step()
+    before = rss()
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    out["seconds"] = min(times)
+    out["peak_mib"] = rss() - before
+    out["out_voxels"] = int(np.prod(outs)) * batch
+print(json.dumps(out))
+"""
+
+
+def _child(*args: object) -> dict:
+    done = subprocess.run(
+        [sys.executable, "-c", _CHILD, *map(str, args)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={"OMP_NUM_THREADS": "1", **__import__("os").environ},
+    )
+    if done.returncode:
+        raise RuntimeError(done.stderr[-2000:])
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def _linking_row(quick: bool) -> Row:
+    from napari_unet._sample_data import synthetic_cells
+    from napari_unet.linking import link_planes
+
+    shape = (12, 96, 96) if quick else (24, 160, 160)
+    labels = synthetic_cells(shape, spacing=(2.0, 1.0, 1.0), seed=5)[1]
+    rng = np.random.default_rng(0)
+    planes = np.zeros_like(labels)
+    offset = 0
+    for z in range(shape[0]):  # per-plane ids, as a 2D model numbers them
+        lut = np.concatenate([[0], rng.permutation(int(labels.max())) + 1 + offset])
+        planes[z] = lut[labels[z]]
+        offset += int(labels.max())
+    true = len(np.unique(labels)) - 1
+    per_plane = len(np.unique(planes)) - 1
+    linked = int(link_planes(planes).max())
+    return Row(
+        name=f"objects per true cell, {shape} stack ({true} cells), ground-truth planes",
+        baseline="per-plane ids",
+        baseline_value=per_plane / true,
+        ours_value=linked / true,
+        unit="ids/cell",
+        ratio=(per_plane / true) / (linked / true),
+        goal="ours within 1 +- 0.1",
+    )
+
+
+def run(quick: bool = False) -> list[Row]:
+    depth, base = 2, 8
+    z, y, x = (16, 96, 96) if quick else (32, 192, 192)
+    mvox = z * y * x / 1e6
+    p3 = _child("predict3d", depth, base, z, y, x)
+    p2 = _child("predict2d", depth, base, z, y, x)
+    rows = [
+        Row(
+            name=f"predict {z}x{y}x{x}, 3D U-Net (depth {depth}, base {base}, spacing 2:1:1)",
+            baseline="2D U-Net per plane",
+            baseline_value=p2["seconds"] / mvox,
+            ours_value=p3["seconds"] / mvox,
+            unit="s/Mvoxel",
+            ratio=p2["seconds"] / p3["seconds"],
+            goal="report",
+        ),
+        Row(
+            name=f"predict {z}x{y}x{x}, peak memory growth",
+            baseline="2D U-Net per plane",
+            baseline_value=p2["peak_mib"] / mvox,
+            ours_value=p3["peak_mib"] / mvox,
+            unit="MiB/Mvoxel",
+            ratio=p2["peak_mib"] / max(p3["peak_mib"], 1e-3),
+            goal="report",
+        ),
+    ]
+    budget = 256 * 2**20
+    chooser = _child("chooser", depth, base, 500, 500, 500, budget)
+    rows.append(
+        Row(
+            name=f"tile chooser in 3D: tile {tuple(chooser['tile'])} for a "
+            f"{budget // 2**20} MiB budget, measured forward-pass peak",
+            baseline="budget",
+            baseline_value=budget / 2**20,
+            ours_value=chooser["peak_mib"],
+            unit="MiB",
+            ratio=budget / 2**20 / max(chooser["peak_mib"], 1e-3),
+            goal=">= 1x (measured within budget)",
+        )
+    )
+    tz, ty, tx = (8, 32, 32) if quick else (16, 64, 64)
+    t3 = _child("train3d", depth, base, tz, ty, tx)
+    t2 = _child("train2d", depth, base, tz, ty, tx)
+    rows.append(
+        Row(
+            name=f"training step, 3D tile with >= {tz}x{ty}x{tx} output vs {tz} 2D tiles",
+            baseline="2D step, same output voxels",
+            baseline_value=t2["seconds"] / (t2["out_voxels"] / 1e6),
+            ours_value=t3["seconds"] / (t3["out_voxels"] / 1e6),
+            unit="s/Mvoxel",
+            ratio=(t2["seconds"] / t2["out_voxels"]) / (t3["seconds"] / t3["out_voxels"]),
+            goal="report",
+        )
+    )
+    rows.append(
+        Row(
+            name="training step peak memory growth",
+            baseline="2D step",
+            baseline_value=t2["peak_mib"] / (t2["out_voxels"] / 1e6),
+            ours_value=t3["peak_mib"] / (t3["out_voxels"] / 1e6),
+            unit="MiB/Mvoxel",
+            ratio=(t2["peak_mib"] / t2["out_voxels"])
+            / max(t3["peak_mib"] / t3["out_voxels"], 1e-9),
+            goal="report",
+        )
+    )
+    rows.append(_linking_row(quick))
+    return rows
