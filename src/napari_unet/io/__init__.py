@@ -1,8 +1,9 @@
 """Files in and out: images, label images, chunked stores and model files.
 
 - :mod:`napari_unet.io.images`: ``read_image``, ``write_image``,
-  ``list_images``, ``pair_by_stem``, ``read_labels``, and the chunked
-  ``open_chunked`` / ``create_ome_zarr`` (Zarr, OME-Zarr, large TIFF).
+  ``list_images``, ``pair_by_stem``, ``read_labels``.
+- :mod:`napari_unet.io.chunked`: ``open_chunked`` / ``create_ome_zarr`` (Zarr,
+  OME-Zarr, large TIFF read and written chunk by chunk).
 - :mod:`napari_unet.io.models`: ``load_model`` / ``read_metadata`` for every
   model format (napari-unet safetensors files, bioimage.io packages),
   ``save_model``, ``load_checkpoint``, and the bundled models.
@@ -20,19 +21,18 @@ _LAZY = {
     **dict.fromkeys(
         (
             "IMAGE_SUFFIXES",
-            "ChunkedImage",
-            "create_ome_zarr",
             "files_by_stem",
             "is_colour_file",
-            "is_zarr",
             "list_images",
-            "open_chunked",
             "pair_by_stem",
             "read_image",
             "read_labels",
             "write_image",
         ),
         "napari_unet.io.images",
+    ),
+    **dict.fromkeys(
+        ("ChunkedImage", "create_ome_zarr", "is_zarr", "open_chunked"), "napari_unet.io.chunked"
     ),
     **dict.fromkeys(
         (
