@@ -79,3 +79,14 @@ def test_weight_map_follows_the_voxel_spacing_and_partial_annotation(volume):
     expected = weight_map(labels, mask=mask, spacing=SPACING)
     np.testing.assert_allclose(weights, expected, rtol=1e-5)
     assert not np.allclose(weights, weight_map(labels, mask=mask))
+
+
+def test_make_run_builds_a_3d_unet_for_dims_3():
+    from napari_unet.train_settings import make_run
+
+    spec, config = make_run(preset="cpu", dims=3, spacing=(2, 1, 1), depth=2, base_channels=8)
+    net = spec.build(seed=0)
+    assert net.spatial_dims == 3 and net.pool_kernels == ((1, 2, 2), (2, 2, 2))
+    assert config.tile_shape is None  # the presets' plane tiles are not used for volumes
+    assert make_run(preset="cpu", dims=3, tile=40)[1].tile_shape == (40, 40, 40)
+    assert "spatial_dims" not in make_run(preset="cpu")[0].arguments()

@@ -83,6 +83,11 @@ class ModelSpec:
     padding : str
         U-Net only (``"valid"``, the paper, or ``"same"``); U-Net++ is always same.
     batch_norm : bool
+    spatial_dims : int
+        2, or 3 for a 3D network trained on volumes.
+    spacing : tuple of float, optional
+        Voxel size (Z, Y, X) of a 3D U-Net (anisotropic pooling, stored in
+        the model file); None: isotropic.
     """
 
     architecture: str = "unet"
@@ -92,13 +97,21 @@ class ModelSpec:
     base_channels: int = 64
     padding: str = "valid"
     batch_norm: bool = False
+    spatial_dims: int = 2
+    spacing: tuple[float, ...] | None = None
 
     def arguments(self) -> dict[str, Any]:
-        """The constructor arguments (``padding`` only for the U-Net)."""
+        """The constructor arguments (``padding`` and ``spacing`` only for the U-Net)."""
         arguments = asdict(self)
         del arguments["architecture"]
         if self.architecture != "unet":
             del arguments["padding"]
+        if self.spatial_dims == 2:
+            del arguments["spatial_dims"]  # as before volumes: 2D arguments unchanged
+        if self.architecture != "unet" or self.spacing is None:
+            del arguments["spacing"]
+        else:
+            arguments["spacing"] = [float(v) for v in self.spacing]
         return arguments
 
     def build(self, *, seed: int | None = None) -> nn.Module:
@@ -170,6 +183,8 @@ def make_run(
     val_every: int | None = None,
     checkpoint_every: int | None = None,
     augment: bool = True,
+    dims: int = 2,
+    spacing: tuple[float, ...] | None = None,
     **config: Any,
 ) -> tuple[ModelSpec, TrainConfig]:
     """Front-end training values -> the network to build and the training configuration.
@@ -189,6 +204,13 @@ def make_run(
         Default :func:`default_val_every`; checkpoints follow validation.
     augment : bool
         Elastic deformation, flips and grey-value changes together.
+    dims : {2, 3}
+        3: a 3D U-Net trained on (Z, Y, X) volumes (``napari-unet train
+        --dims 3``); ``tile`` is then a cube's side, and without one the
+        training picks about 64 output voxels per axis (the presets' tile
+        sides are for planes).
+    spacing : tuple of float, optional
+        Voxel size (Z, Y, X) of the volumes, for a 3D U-Net's pooling.
     **config
         Further :class:`~napari_unet.training.TrainConfig` fields (``lr``,
         ``batch_size``, ``w0``, ``device``, ...).
@@ -222,13 +244,17 @@ def make_run(
         base_channels=chosen["base_channels"] if base_channels is None else int(base_channels),
         padding=padding,
         batch_norm=bool(batch_norm),
+        spatial_dims=int(dims),
+        spacing=None if spacing is None else tuple(float(v) for v in spacing),
     )
+    if dims not in (2, 3):
+        raise UsageError(f"dims must be 2 or 3, got {dims}")
     iterations = chosen["iterations"] if iterations is None else int(iterations)
-    tile = chosen["tile"] if tile is None else tile
+    tile = (chosen["tile"] if dims == 2 else None) if tile is None else tile
     val_every = default_val_every(iterations) if val_every is None else val_every
     train_config = TrainConfig(
         iterations=iterations,
-        tile_shape=None if tile is None else (int(tile), int(tile)),
+        tile_shape=None if tile is None else (int(tile),) * int(dims),
         optimizer=chosen["optimizer"] if optimizer is None else optimizer,
         border_class=classes == 3,
         elastic=augment,
