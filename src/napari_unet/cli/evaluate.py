@@ -45,6 +45,7 @@ def add_parser(subparsers: Any, parents: list) -> None:
         help="metrics to compute (space- or comma-separated; see below)",
     )
     parser.add_argument("--json", metavar="OUT.json", help="also write the results as JSON")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     parser.add_argument(
         "--binary-labels",
         action="store_true",
@@ -63,7 +64,7 @@ def _cell(value: float, width: int) -> str:
 def run(args: argparse.Namespace) -> int:
     from ..evaluation import evaluate_pairs, metric_names
     from ..io import pair_by_stem
-    from ..outputs import write_json
+    from ..outputs import check_outputs, write_json
 
     names = metric_names(args.metrics)
     if args.json and not Path(args.json).resolve().parent.is_dir():
@@ -71,6 +72,10 @@ def run(args: argparse.Namespace) -> int:
             f"--json: folder {Path(args.json).parent} does not exist", code=EXIT_OUTPUT
         )
     pairs = pair_by_stem(args.pred, args.gt, names=("prediction", "ground truth"))
+    if args.json:
+        # Before evaluating: an existing report, a link or an input at that name is refused.
+        inputs = [path for _, pred, gt in pairs for path in (pred, gt)]
+        check_outputs([args.json], inputs=inputs, overwrite=args.overwrite)
 
     width = max(5, *(len(stem) for stem, _, _ in pairs))
     columns = ["n_gt", "n_pred", *names]
@@ -93,7 +98,9 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         # JSON has no NaN: write_json turns undefined scores (e.g. SEG without objects) into null.
         write_json(
-            args.json, {"pred": str(args.pred), "gt": str(args.gt), **report}, overwrite=True
+            args.json,
+            {"pred": str(args.pred), "gt": str(args.gt), **report},
+            overwrite=args.overwrite,
         )
         print(f"wrote {args.json}")
     return 0

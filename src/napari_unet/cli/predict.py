@@ -2,7 +2,7 @@
 
 A front over :func:`napari_unet.segment.segment` (image files) and
 :func:`napari_unet.segment.segment_chunked` (Zarr / OME-Zarr stores and
-TIFFs over 1 GiB), the pipeline the Predict widget and Python users call.
+TIFFs too large for the memory available), the pipeline the Predict widget and Python users call.
 This module only finds the inputs, checks every output before any work, and
 writes the results.
 """
@@ -20,9 +20,6 @@ import numpy as np
 from ._errors import EXIT_USAGE, CommandError
 from ._progress import ProgressBar, dask_bar
 
-# TIFFs larger than this (decoded) are predicted chunk by chunk.
-IN_MEMORY_LIMIT = 2**30
-
 
 def add_parser(subparsers: Any, parents: list) -> None:
     parser = subparsers.add_parser(
@@ -37,7 +34,8 @@ def add_parser(subparsers: Any, parents: list) -> None:
             "label images with the ground truth by name. Existing outputs are never\n"
             "replaced without --overwrite.\n\n"
             "Chunked mode, for images larger than memory: when an INPUT is a Zarr or\n"
-            "OME-Zarr store (the first multiscale level is read), a TIFF over 1 GiB, or\n"
+            "OME-Zarr store (the first multiscale level is read), a TIFF whose in-memory\n"
+            "run would need more than half the memory available, or\n"
             "--out ends in .zarr, or --chunks or --scheduler is given, images are read,\n"
             "predicted and written chunk by chunk with Dask (peak memory set by the chunk\n"
             "size) and the outputs are OME-Zarr images: DIR/<name>.zarr (uint32 labels,\n"
@@ -170,7 +168,7 @@ def _settings(args: argparse.Namespace) -> tuple[tuple[Any, dict], Any]:
 
 def run(args: argparse.Namespace) -> int:
     model, config = _settings(args)
-    if _wants_chunked(args):
+    if _wants_chunked(args, model[0]):
         return _run_chunked(args, model, config)
     return _run_in_memory(args, model, config)
 
@@ -263,26 +261,47 @@ def _read_for_model(
 # -- chunked mode: Zarr / OME-Zarr / large TIFF through Dask -------------------------------------
 
 
-def _wants_chunked(args: argparse.Namespace) -> bool:
+def _wants_chunked(args: argparse.Namespace, net: Any) -> bool:
+    """Zarr, ``--chunks``/``--scheduler``/``.zarr`` output, or a TIFF whose in-memory run
+    would not fit in the memory available (:func:`napari_unet.memory.choose_in_memory`)."""
     from ..io import is_zarr
+    from ..memory import choose_in_memory
 
     if args.chunks or args.scheduler or Path(args.out).suffix.lower() == ".zarr":
         return True
-    return any(is_zarr(item) or _tiff_nbytes(Path(item)) > IN_MEMORY_LIMIT for item in args.inputs)
+    tile = None if args.tile is None else (args.tile, args.tile)
+    for item in args.inputs:
+        if is_zarr(item):
+            return True
+        for shape, dtype in _tiff_series(Path(item)):
+            fits = choose_in_memory(
+                shape,
+                net,
+                dtype=dtype,
+                tile_shape=tile,
+                batch_size=args.batch_size,
+                probabilities=args.probabilities,
+            )
+            if not fits:
+                return True
+    return False
 
 
-def _tiff_nbytes(path: Path) -> int:
-    """Decoded size of a TIFF file's first series (0 for anything else)."""
+def _tiff_series(path: Path) -> list[tuple[tuple[int, ...], np.dtype]]:
+    """Shape and dtype of a TIFF file's first series ([] for anything else).
+
+    Folders stay in memory (chunked mode reads only their TIFFs).
+    """
     if path.suffix.lower() not in (".tif", ".tiff") or not path.is_file():
-        return 0
+        return []
     import tifffile
 
     try:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
-            return int(np.prod(series.shape)) * np.dtype(series.dtype).itemsize
-    except (OSError, ValueError):
-        return 0  # read_image reports the problem
+            return [(tuple(series.shape), np.dtype(series.dtype))]
+    except (OSError, ValueError, IndexError):
+        return []  # read_image reports the problem
 
 
 def _chunked_inputs(items: Sequence[str]) -> list[Path]:

@@ -232,7 +232,9 @@ def _summary(result: Any) -> str:
         summary += f"; best {best['monitor']} {best['value']:.4f} at iteration {best['iteration']}"
         extra = {k: v for k, v in best["metrics"].items() if k != best["monitor"]}
         summary += "".join(f", {k} {v:.4f}" for k, v in extra.items())
-    return f"wrote {result.best_path} and {result.last_path} ({summary})"
+    # Only files this run wrote: none when it was stopped before training began.
+    files = " and ".join(str(p) for p in result.written)
+    return f"wrote {files} ({summary})" if files else f"no model file written ({summary})"
 
 
 class _StopOnCtrlC:
@@ -335,7 +337,11 @@ def run(args: argparse.Namespace) -> int:
     if result.cancelled:
         print(
             f"napari-unet train: interrupted after {result.iterations} iterations; "
-            "the model trained so far is saved",
+            + (
+                "the model trained so far is saved"
+                if result.written
+                else "nothing was trained yet, so no model file was written"
+            ),
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED
