@@ -54,7 +54,6 @@ LONG_FUNCTIONS = {
 KNOWN_CYCLES: list[set[str]] = []
 # Private core names the widgets still import (issue 16 switches them to napari_unet.io).
 FRONT_END_PRIVATE: set[tuple[str, str]] = {
-    ("napari_unet._widgets.predict", "napari_unet._modelfile"),
     ("napari_unet._widgets.train", "napari_unet._modelfile"),
 }
 

@@ -610,7 +610,7 @@ def _is_lazy(data: Any) -> bool:
 
 
 def _model_channels(path: Path) -> int | None:
-    from .._modelfile import ModelFileError, read_metadata
+    from ..io import ModelFileError, read_metadata
 
     try:
         meta = read_metadata(path)
@@ -621,7 +621,7 @@ def _model_channels(path: Path) -> int | None:
 
 def _read_model_metadata(path: Path) -> tuple[dict | None, str]:
     """The model file's metadata and no error, or None and what went wrong."""
-    from .._modelfile import ModelFileError, read_metadata
+    from ..io import ModelFileError, read_metadata
 
     try:
         return read_metadata(path), ""

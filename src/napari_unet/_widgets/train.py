@@ -335,8 +335,8 @@ class TrainWidget(ScrollDock):
     def _shape_model(self) -> Any:
         """A tiny model with the chosen architecture, for its shape rules only."""
         if self._finetune.value:
-            from .._modelfile import ModelFileError, read_metadata
             from .._modelfile import build_model as build_stored
+            from ..io import ModelFileError, read_metadata
 
             path = Path(self._finetune_file.value)
             try:
@@ -435,7 +435,7 @@ class TrainWidget(ScrollDock):
         channels = training_set[0].channels
         border_class = self._border_class.value
         if fine_path is not None:
-            from .._modelfile import ModelFileError, read_metadata
+            from ..io import ModelFileError, read_metadata
 
             try:
                 meta = read_metadata(fine_path)
