@@ -137,3 +137,10 @@ def test_small_chunks_warn_with_the_factor_and_a_better_chunk_size():
         warnings.simplefilter("error", RedundantComputeWarning)
         large = predict_dask(net, image.rechunk(64), tile_shape=(128, 128))
     np.testing.assert_allclose(small.compute(), large.compute(), atol=1e-4)
+
+
+def test_huge_finite_intensities_give_a_clear_error_not_nan_probabilities():
+    # Found by tests/test_fuzz_images.py: a float32 pixel of 7.9e37 made NaN probabilities.
+    image = np.full((24, 24), 7.8755456e37, np.float32)
+    with pytest.raises(ValueError, match=r"not finite .* 7\.88e\+37 .* normalise the image"):
+        predict_tiled(_net(), image, tile_shape=(64, 64), **EAGER)

@@ -969,6 +969,14 @@ class _Tiler:
                 ]
             )
             probs = self.run(torch.from_numpy(tiles))
+            if not np.isfinite(probs).all():
+                # Finite but huge intensities (e.g. 1e37) overflow inside the network.
+                raise ValueError(
+                    "the model's output is not finite (NaN or infinite) for this image, whose "
+                    f"largest magnitude is {float(np.abs(tiles).max()):.3g} in the failing tiles: "
+                    "normalise the image (e.g. napari_unet.normalize) before predicting, "
+                    "or check the model's weights"
+                )
             for pos, p in zip(batch, probs, strict=True):
                 if same:
                     self._blend_into(out, p, pos, before, size, scales)
