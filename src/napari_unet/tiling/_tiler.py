@@ -294,7 +294,9 @@ class _Tiler:
         factor = math.prod(self.tile) / math.prod(self.step)
         if factor <= _REDUNDANT_LIMIT:
             return
-        suggested = _largest_valid_at_most(self.model, _MAX_TILE // 4)
+        # A 512 side for planes; a volume's tile grows as its cube (128**3 voxels).
+        side = _MAX_TILE // 4 if len(self.tile) == 2 else _MAX_TILE // 16
+        suggested = _largest_valid_at_most(self.model, side)
         used = "" if tuple(tile_shape) == self.tile else f" (rounded to {self.tile})"
         warnings.warn(
             f"`tile_shape` {tuple(tile_shape)}{used} computes {factor:.1f}x the pixels it "
