@@ -51,6 +51,7 @@ def _train_args(root, out, *extra):
     ]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_train_predict_info_evaluate_end_to_end(isbi_dirs, tmp_path, capsys):
     model_path = tmp_path / "isbi.safetensors"
     assert main(_train_args(isbi_dirs, model_path, "--classes", "2")) == 0
@@ -219,6 +220,7 @@ def test_help(command, capsys):
     assert "usage: napari-unet " + command in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_unetplusplus_trains_with_deep_supervision_and_predicts_pruned(
     isbi_dirs, tmp_path, capsys, monkeypatch
 ):

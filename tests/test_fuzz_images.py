@@ -84,6 +84,7 @@ def _ends_cleanly(fn, *args, **kwargs):
         return None
 
 
+@pytest.mark.slow
 @FUZZ
 @given(image=_arrays(shapes=hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=12)))
 def test_predict_tiled_any_image(net, image):

@@ -81,7 +81,10 @@ def _widget_job(path, image, channel_axis, **settings):
 # which changes probabilities by float rounding between otherwise identical runs.
 @pytest.mark.parametrize(
     "settings",
-    [{"backend": "eager"}, {"backend": "eager", "tile": 48, "tta": True}],
+    [
+        {"backend": "eager"},
+        pytest.param({"backend": "eager", "tile": 48, "tta": True}, marks=pytest.mark.slow),
+    ],
 )
 def test_cli_python_and_widget_give_identical_labels_and_probabilities(grey, tmp_path, settings):
     root, stack = grey
