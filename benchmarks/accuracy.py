@@ -75,7 +75,12 @@ def _load(name: str, override: dict[str, str]) -> tuple[Any, dict[str, Any]]:
     return load_model(override.get(name) or pretrained_path(name))
 
 
-def nuclei_rows(model_file: dict[str, str], scales: list[float], limit: int | None) -> list:
+def nuclei_rows(
+    model_file: dict[str, str],
+    scales: list[float],
+    limit: int | None,
+    modes: tuple[str, ...] = ("auto", "given", "none"),
+) -> list:
     import tifffile
 
     from napari_unet.io import read_image
@@ -96,7 +101,7 @@ def nuclei_rows(model_file: dict[str, str], scales: list[float], limit: int | No
             truth = tifffile.imread(DATA / "dsb2018" / "labels" / f"{image_id}.tif")
             images.append(rescale_image(image, scale) if scale != 1 else image)
             truths.append(rescale_image(truth, scale, order=0) if scale != 1 else truth)
-        for mode in ("auto", "given", "none"):
+        for mode in modes:
             preds, used = [], []
             started = time.perf_counter()
             for image, truth in zip(images, truths, strict=True):
@@ -163,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scales", type=float, nargs="+", default=[1.0, 0.5, 2.0])
     parser.add_argument("--limit", type=int, default=None, help="first N nuclei images only")
     parser.add_argument(
+        "--modes", nargs="+", default=["auto", "given", "none"], choices=["auto", "given", "none"]
+    )
+    parser.add_argument(
         "--model", action="append", default=[], help="NAME=FILE: score FILE instead of NAME"
     )
     parser.add_argument("--json", type=Path, help="also write the rows here")
@@ -173,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     model_file = dict(item.split("=", 1) for item in args.model)
     rows = []
     if args.task in ("all", "nuclei"):
-        rows += nuclei_rows(model_file, args.scales, args.limit)
+        rows += nuclei_rows(model_file, args.scales, args.limit, tuple(args.modes))
     if args.task in ("all", "em-membranes"):
         rows += membrane_rows(model_file)
     if args.json:

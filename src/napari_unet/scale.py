@@ -82,7 +82,11 @@ def object_diameter(labels: np.ndarray) -> float:
     return float(np.median(np.sqrt(4.0 * areas / math.pi)))
 
 
-def scale_factor(diameter: float | None, model_diameter: float | None) -> float:
+def scale_factor(
+    diameter: float | None,
+    model_diameter: float | None,
+    size_range: tuple[float, float] | None = None,
+) -> float:
     """Zoom that gives objects of ``diameter`` pixels the model's training size.
 
     Parameters
@@ -92,6 +96,10 @@ def scale_factor(diameter: float | None, model_diameter: float | None) -> float:
     model_diameter : float or None
         The model's ``object_diameter`` (pixels); None (a model file that
         does not record it): no rescaling.
+    size_range : (float, float), optional
+        Diameters the model was trained on (its ``object_diameter_range``):
+        objects within it are predicted at their own size, others zoomed to
+        ``model_diameter``.
 
     Returns
     -------
@@ -108,6 +116,8 @@ def scale_factor(diameter: float | None, model_diameter: float | None) -> float:
         )
     if not (model_diameter > 0 and math.isfinite(model_diameter)):
         raise ValueError(f"the model's object_diameter must be positive, got {model_diameter!r}")
+    if size_range is not None and size_range[0] <= diameter <= size_range[1]:
+        return 1.0
     factor = float(model_diameter) / float(diameter)
     return 1.0 if abs(factor - 1.0) < _NO_RESCALE else factor
 

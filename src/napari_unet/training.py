@@ -615,6 +615,17 @@ def _model_diameter(config: TrainConfig, diameters: Sequence[float]) -> float | 
     return round(float(np.median(finite)), 2) if finite else None
 
 
+def _diameter_range(config: TrainConfig, diameters: Sequence[float]) -> list[float] | None:
+    """Object diameters the model saw in training: predicted as they are, others rescaled."""
+    if config.object_diameter is not None:
+        low, high = config.zoom_range or (0.95, 1.05)
+        return [round(config.object_diameter * low, 2), round(config.object_diameter * high, 2)]
+    finite = [d for d in diameters if math.isfinite(d)]
+    if not finite:
+        return None
+    return [round(float(np.percentile(finite, q)), 2) for q in (10, 90)]
+
+
 def _default_tile(model: nn.Module, planes: Sequence[tuple]) -> tuple[int, ...]:
     nd = planes[0][1].ndim
     smallest = tuple(min(p[1].shape[axis] for p in planes) for axis in range(nd))
@@ -1111,6 +1122,7 @@ def train_iter(
             "classes": ["background", "cell", "border"][: config.num_classes],
             "normalization": norm.to_dict(),
             "object_diameter": model_diameter,
+            "object_diameter_range": _diameter_range(config, diameters),
             "postprocessing": postprocessing,
             **({"spacing": list(spacing or (1.0, 1.0, 1.0))} if spatial_dims == 3 else {}),
             "training": {

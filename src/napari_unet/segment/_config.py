@@ -102,6 +102,7 @@ class SegmentConfig:
     postprocess: Mapping[str, Any] | None = None
     diameter: float | str | None = "default"
     model_diameter: float | None = None  # filled in by resolve()
+    model_diameter_range: tuple[float, float] | None = None  # filled in by resolve()
     num_classes: int | None = None  # filled in by resolve()
     link_planes: bool = False
 
@@ -157,6 +158,7 @@ class SegmentConfig:
         stored = postprocessing_options(dict(metadata))  # chosen on the model's validation
         changes: dict[str, Any] = {
             "model_diameter": metadata.get("object_diameter"),
+            "model_diameter_range": _size_range(metadata.get("object_diameter_range")),
             "num_classes": metadata.get("num_classes"),
         }
         if self.threshold is None:
@@ -174,6 +176,15 @@ class SegmentConfig:
             if metadata.get("postprocessing"):
                 changes["postprocess"] = {k: v for k, v in stored.items() if k != "threshold"}
         return replace(self, **changes) if changes else self
+
+
+def _size_range(value: Any) -> tuple[float, float] | None:
+    """A model's ``object_diameter_range`` (two positive numbers), or None."""
+    try:
+        low, high = (float(v) for v in value)
+    except (TypeError, ValueError):
+        return None
+    return (low, high) if 0 < low <= high else None
 
 
 @dataclass

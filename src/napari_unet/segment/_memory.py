@@ -132,7 +132,7 @@ def _diameter_step(
     if diameter is None or config.model_diameter is None:
         return 1.0, {"diameter": None, "factor": 1.0}
     if diameter != "auto":
-        factor = scale_factor(float(diameter), config.model_diameter)
+        factor = scale_factor(float(diameter), config.model_diameter, config.model_diameter_range)
         return factor, {"diameter": float(diameter), "factor": factor, "estimated": False}
     from ..tiling import predict_tiled
 
@@ -152,7 +152,7 @@ def _diameter_step(
     yield Progress(1, 1, "diameter", {"diameter": found["diameter"]})
     if not np.isfinite(found["diameter"]):
         return 1.0, {"diameter": None, "factor": 1.0, "estimated": True}
-    factor = scale_factor(found["diameter"], config.model_diameter)
+    factor = scale_factor(found["diameter"], config.model_diameter, config.model_diameter_range)
     return factor, {"diameter": round(found["diameter"], 2), "factor": factor, "estimated": True}
 
 
