@@ -52,6 +52,9 @@ def test_scale_factor():
     assert scale_factor(None, 20.0) == 1.0
     assert scale_factor(20.0, None) == 1.0
     assert scale_factor(20.5, 20.0) == 1.0  # within 5 %: no resampling
+    # Within the sizes the model was trained on: predicted as it is.
+    assert scale_factor(40.0, 20.0, size_range=(10.0, 48.0)) == 1.0
+    assert scale_factor(80.0, 20.0, size_range=(10.0, 48.0)) == 0.25
     with pytest.raises(ValueError, match="diameter"):
         scale_factor(-3.0, 20.0)
 

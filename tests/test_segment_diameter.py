@@ -74,6 +74,12 @@ def test_no_rescaling_for_none_two_class_models_and_old_files():
         config = SegmentConfig.from_metadata(meta, device="cpu", diameter=diameter)
         result = segment((net, meta), image, config=config)
         assert set(seen) == unscaled and result.info["factor"] == 1.0
+    # Objects within the sizes the model was trained on are not rescaled.
+    net, meta, seen = _model(3)
+    meta["object_diameter_range"] = [12.0, 40.0]
+    config = SegmentConfig.from_metadata(meta, device="cpu", diameter=32.0)
+    result = segment((net, meta), image, config=config)
+    assert set(seen) == unscaled and result.info["factor"] == 1.0
     with pytest.raises(ValueError, match="diameter"):
         SegmentConfig(diameter="large")
     with pytest.raises(ValueError, match="diameter"):

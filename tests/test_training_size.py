@@ -46,6 +46,7 @@ def test_size_normalised_training_records_diameter_and_postprocessing(tmp_path):
     for path in (result.best_path, result.last_path):
         _, meta = load_model(path)
         assert meta["object_diameter"] == 14.0
+        assert meta["object_diameter_range"] == [11.2, 17.5]
         chosen = meta["postprocessing"]
         assert chosen["metric"] == "dsb" and chosen["images"] == 1
         assert chosen["method"] in ("watershed", "components") and 0 < chosen["threshold"] < 1
@@ -65,6 +66,8 @@ def test_training_without_normalisation_records_the_labels_median(tmp_path):
     result = train(samples, model=_tiny(), config=config, out=tmp_path / "m.safetensors")
     _, meta = load_model(result.last_path)
     assert meta["object_diameter"] == pytest.approx(expected, abs=0.01)
+    low, high = meta["object_diameter_range"]
+    assert low < expected < high
     assert meta["postprocessing"] is None
 
 
