@@ -35,3 +35,12 @@ def test_a_3d_model_segments_the_volume_in_3d():
     assert result.probabilities.shape == (3, *stack.shape)
     expected = probabilities_to_labels(result.probabilities, threshold=0.5, spatial_dims=3)
     np.testing.assert_array_equal(result.labels, expected)
+
+
+def test_memory_estimate_tiles_a_volume_for_a_3d_model():
+    from napari_unet.memory import estimate_prediction_memory
+
+    net = UNet(num_classes=3, depth=1, base_channels=4, spatial_dims=3, spacing=(2, 1, 1))
+    small = estimate_prediction_memory((8, 64, 64), net, labels=False)
+    large = estimate_prediction_memory((32, 64, 64), net, labels=False)
+    assert 0 < small < large

@@ -105,7 +105,7 @@ def estimate_prediction_memory(
         channels, spatial = 1, shape
     pixels = math.prod(spatial)
     image_pixels = pixels * channels
-    plane = spatial[-2:]
+    plane = spatial[-int(getattr(model, "spatial_dims", 2)) :]  # a 3D model tiles volumes
     classes = int(model.num_classes)
     tile = tile_shape or choose_tile_shape(model, plane, "cpu")
     floats = getattr(
