@@ -27,6 +27,11 @@ def test_presets_fill_only_what_is_not_given():
     assert gpu_config.iterations == 1000
     assert cpu_config.tile_shape == (124, 124) and cpu_config.optimizer == "adam"
     assert cpu_config.iterations == 300
+    # U-Net++ (same padding) takes multiples of 2**depth: the preset's tile is rounded up.
+    _, plus = make_run(preset="cpu", architecture="unetplusplus")
+    assert plus.tile_shape == (128, 128)
+    _, given = make_run(preset="cpu", architecture="unetplusplus", tile=96)
+    assert given.tile_shape == (96, 96)
     mine, _ = make_run(preset="cpu", base_channels=8, depth=2)
     assert (mine.depth, mine.base_channels) == (2, 8)
     with pytest.raises(UsageError, match="unknown preset"):

@@ -250,7 +250,12 @@ def make_run(
     if dims not in (2, 3):
         raise UsageError(f"dims must be 2 or 3, got {dims}")
     iterations = chosen["iterations"] if iterations is None else int(iterations)
-    tile = (chosen["tile"] if dims == 2 else None) if tile is None else tile
+    if tile is None and dims == 2 and chosen["tile"] is not None:
+        tile = chosen["tile"]
+        if spec.architecture != "unet" or spec.padding == "same":
+            # Same-padding networks take multiples of 2**depth: the preset's side rounded up.
+            step = 2**spec.depth
+            tile = -(-tile // step) * step
     val_every = default_val_every(iterations) if val_every is None else val_every
     train_config = TrainConfig(
         iterations=iterations,
