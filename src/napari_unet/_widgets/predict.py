@@ -69,7 +69,7 @@ def predict_job(
     precision: str = "auto",
     diameter: float | str | None = "default",
     info: dict[str, Any] | None = None,
-    link_planes: bool | None = False,
+    link_planes: bool = False,
 ) -> Generator[Progress, None, tuple[np.ndarray, np.ndarray | None]]:
     """Model file + image -> (labels, probabilities), yielding progress often.
 
@@ -103,9 +103,9 @@ def predict_job(
         Typical object diameter in the image, pixels (``SegmentConfig.diameter``).
     info : dict, optional
         Filled with ``Segmentation.info`` (the diameter used, whether estimated).
-    link_planes : bool or None
+    link_planes : bool
         Link the planes of a (Z, Y, X) stack into 3D objects
-        (``SegmentConfig.link_planes``; None: when the image is a Z-stack).
+        (``SegmentConfig.link_planes``).
 
     Returns
     -------
