@@ -220,3 +220,19 @@ def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.delenv(inference.CACHE_ENV)
     assert "napari-unet" in str(inference.cache_dir())
     assert os.fspath(inference.cache_dir()) != os.fspath(tmp_path / "x")
+
+
+def test_predict_inside_inference_mode(valid_net):
+    # A caller's own `torch.inference_mode()` (or a model built inside one, whose weights
+    # are inference tensors without a version counter) must not break the model digest.
+    image = np.random.default_rng(0).random((40, 40), dtype=np.float32)
+    reference = predict_tiled(valid_net, image, backend="eager")
+    with torch.inference_mode():
+        inside = predict_tiled(valid_net, image, backend="eager")
+        torch.manual_seed(0)
+        built_inside = UNet(depth=2, base_channels=4, dropout=0.0).eval()
+        again = predict_tiled(built_inside, image, backend="eager")
+        digest = model_digest(built_inside)
+    np.testing.assert_array_equal(inside, reference)
+    np.testing.assert_array_equal(again, reference)
+    assert digest == model_digest(valid_net)

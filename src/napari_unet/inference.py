@@ -425,11 +425,14 @@ def model_digest(model: nn.Module) -> str:
     Remembered per model object until one of its tensors changes (PyTorch
     counts in-place updates, e.g. optimiser steps), so asking again is free.
     """
-    state = model.state_dict()
-    stamp = tuple((t.data_ptr(), t._version) for t in state.values())
+    # Outside inference mode: there, state_dict() returns inference tensors, which
+    # keep no version counter, and the stamp below needs one.
+    with torch.inference_mode(False):
+        state = model.state_dict()
+        stamp = _stamp(state)
     with _DIGEST_LOCK:
         known = _DIGESTS.get(id(model))
-        if known is not None and known[0] == stamp:
+        if stamp is not None and known is not None and known[0] == stamp:
             return known[1]
     config = model.config() if hasattr(model, "config") else {}
     h = hashlib.sha256(json.dumps([type(model).__name__, config], sort_keys=True).encode())
@@ -441,6 +444,19 @@ def model_digest(model: nn.Module) -> str:
     with _DIGEST_LOCK:
         _DIGESTS[id(model)] = (stamp, digest)
     return digest
+
+
+def _stamp(state: dict[str, torch.Tensor]) -> tuple | None:
+    """Where each tensor lives and how often it was changed in place, or None.
+
+    None for a model whose weights are inference tensors (built inside
+    ``torch.inference_mode``): they keep no version counter, so their digest
+    is computed afresh each time rather than risk a stale one.
+    """
+    try:
+        return tuple((t.data_ptr(), t._version) for t in state.values())
+    except RuntimeError:
+        return None
 
 
 def _versions() -> str:

@@ -83,6 +83,16 @@ def _add_settings(parser: argparse.ArgumentParser) -> None:
         type=float,
         help="foreground threshold (default: the model's recommendation, else 0.5)",
     )
+    parser.add_argument(
+        "--diameter",
+        type=_diameter,
+        default="default",
+        metavar="PX|auto|none",
+        help="typical object diameter in the image, pixels: the image is rescaled so objects "
+        "have the model's training size and the labels come back at the original size; "
+        "auto: estimated with the model; none: no rescaling (default: auto for instance "
+        "models whose file records an object size, else none). In-memory mode only",
+    )
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, mps")
     parser.add_argument(
         "--backend",
@@ -109,6 +119,23 @@ def _add_settings(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="label the planes of a Z-stack independently (in chunked mode they always are)",
     )
+
+
+def _diameter(text: str) -> float | str | None:
+    """``--diameter``: a positive number of pixels, ``auto`` or ``none``."""
+    if text.lower() in ("auto", "default"):
+        return text.lower()
+    if text.lower() == "none":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of pixels, 'auto' or 'none', got {text!r}"
+        ) from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of pixels, got {text}")
+    return value
 
 
 def _add_chunked(parser: argparse.ArgumentParser) -> None:
@@ -157,6 +184,7 @@ def _settings(args: argparse.Namespace) -> tuple[tuple[Any, dict], Any]:
             axes=args.axes,
             link_planes=not args.no_link,
             probabilities=args.probabilities,
+            diameter=args.diameter,
         )
         if config.level is not None:  # a wrong level fails before any image is read
             load_segmenter(model, level=config.level)
@@ -236,10 +264,24 @@ def _run_in_memory(args: argparse.Namespace, model: tuple, config: Any) -> int:
             if args.probabilities:
                 write_image(names[1], result.probabilities, overwrite=args.overwrite)
             count = len(np.unique(labels)) - (1 if (labels == 0).any() else 0)
-            print(f"{path.name}: {count} objects -> {', '.join(str(n) for n in names)}")
+            print(
+                f"{path.name}: {count} objects{_size_note(result.info)} -> "
+                + ", ".join(str(n) for n in names)
+            )
     finally:
         bar.close()
     return 0
+
+
+def _size_note(info: dict) -> str:
+    """Which object size the run used, when it rescaled or estimated one."""
+    diameter = info.get("diameter")
+    if diameter is None:
+        return ""
+    how = "estimated" if info.get("estimated") else "given"
+    factor = info.get("factor", 1.0)
+    zoom = f", image scaled {factor:.2f}x" if factor and abs(factor - 1.0) > 1e-6 else ""
+    return f" (object diameter {diameter:.1f} px, {how}{zoom})"
 
 
 def _read_for_model(

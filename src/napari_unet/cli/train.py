@@ -101,6 +101,23 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
         choices=(2, 3),
         help="3: background, cell, separating border (default); 2: background, cell",
     )
+    arch.add_argument(
+        "--dims",
+        type=int,
+        default=2,
+        choices=(2, 3),
+        help="2 (default): a 2D network trained on planes; 3: a 3D U-Net trained on (Z, Y, X) "
+        "volumes (each label TIFF is one volume; --tile is then a cube's side)",
+    )
+    arch.add_argument(
+        "--spacing",
+        type=float,
+        nargs=3,
+        metavar=("Z", "Y", "X"),
+        help="with --dims 3: voxel spacing (e.g. 2 1 1 for planes twice as far apart as "
+        "pixels); the network pools only in-plane while Z is coarser, and the model file "
+        "records it",
+    )
 
 
 def _add_training_arguments(parser: argparse.ArgumentParser) -> None:
@@ -138,6 +155,33 @@ def _add_training_arguments(parser: argparse.ArgumentParser) -> None:
         "the run, at most 100)",
     )
     opt.add_argument("--no-augment", action="store_true", help="no augmentation at all")
+    opt.add_argument(
+        "--object-diameter",
+        type=float,
+        metavar="PX",
+        help="rescale every training image so its objects have this median diameter (px); "
+        "prediction then rescales images to it (default: the labels' own size, recorded "
+        "in the model file)",
+    )
+    opt.add_argument(
+        "--zoom",
+        type=float,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        help="random zoom range of the augmentation (e.g. 0.75 1.33), for size robustness",
+    )
+    opt.add_argument(
+        "--intensity-augment",
+        action="store_true",
+        help="stronger intensity augmentation (gamma, contrast, background offset, noise, "
+        "uneven brightness) so dim objects beside bright ones are found",
+    )
+    opt.add_argument(
+        "--no-choose-postprocessing",
+        action="store_true",
+        help="do not choose the post-processing (threshold, watershed or connected "
+        "components, sizes) on the validation images at the end of training",
+    )
     opt.add_argument("--device", default="auto", help="auto (default), cpu, cuda, mps")
     opt.add_argument(
         "--resume",
@@ -197,6 +241,12 @@ def _config(args: argparse.Namespace, in_channels: int) -> tuple[Any, Any]:
             seed=args.seed,
             device=args.device,
             distributed=args.distributed,
+            dims=args.dims,
+            spacing=tuple(args.spacing) if args.spacing else None,
+            object_diameter=args.object_diameter,
+            zoom_range=tuple(args.zoom) if args.zoom else None,
+            intensity=args.intensity_augment,
+            choose_postprocessing=not args.no_choose_postprocessing,
         )
     except ValueError as err:
         raise CommandError(str(err), code=EXIT_USAGE) from err
