@@ -80,7 +80,7 @@ def test_ctrl_c_while_preparing_claims_no_file(setup, tmp_path, monkeypatch, cap
     # Issue 18 item 7: "wrote None and None ... the model trained so far is saved".
     import signal
 
-    from napari_unet import training
+    from napari_unet.training import run as training_run
 
     _, images = setup
     labels = tmp_path / "labels"
@@ -89,14 +89,14 @@ def test_ctrl_c_while_preparing_claims_no_file(setup, tmp_path, monkeypatch, cap
         cells = np.zeros((40, 40), np.uint16)
         cells[5:15, 5:15], cells[20:30, 22:34] = 1, 2
         write_image(labels / f"{name}.tif", cells)
-    real = training._prepare_plane
+    real = training_run._prepare_plane
 
     def prepare_then_ctrl_c(*args, **kwargs):
         plane = real(*args, **kwargs)
         signal.raise_signal(signal.SIGINT)
         return plane
 
-    monkeypatch.setattr(training, "_prepare_plane", prepare_then_ctrl_c)
+    monkeypatch.setattr(training_run, "_prepare_plane", prepare_then_ctrl_c)
     out = tmp_path / "m2.safetensors"
     args = ["train", "--images", str(images), "--labels", str(labels), "--out", str(out),
             "--iterations", "2", "--depth", "2", "--base-channels", "4", "--tile", "92",
