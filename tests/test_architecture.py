@@ -48,9 +48,7 @@ LONG_FUNCTIONS = {
 # inference <-> tiling (inference_check calls predict_tiled): issue 17 moves the check out.
 KNOWN_CYCLES: list[set[str]] = []
 # Private core names the widgets still import (issue 16 switches them to napari_unet.io).
-FRONT_END_PRIVATE: set[tuple[str, str]] = {
-    ("napari_unet._widgets.train", "napari_unet._modelfile"),
-}
+FRONT_END_PRIVATE: set[tuple[str, str]] = set()
 
 
 def _module_name(path: Path) -> str:

@@ -30,7 +30,7 @@ from safetensors.torch import load_file as _st_load_file
 from safetensors.torch import save as _st_save
 from torch import nn
 
-from . import __version__, models
+from . import __version__
 from .devices import select_device
 from .modelcheck import (
     MAX_HEADER_BYTES,
@@ -39,7 +39,7 @@ from .modelcheck import (
     validate_arguments,
     validate_metadata,
 )
-from .models import UNet
+from .models.registry import ARCHITECTURES, architecture_name, build_model, register_architecture
 from .tensortable import (
     check_optimizer_state,
     check_tensor_table,
@@ -65,75 +65,6 @@ FORMAT_NAME = "napari-unet-model"
 FORMAT_VERSION = 1
 _HEADER_KEY = "napari_unet"
 _OPTIMIZER_PREFIX = "__optimizer__."
-
-#: Architecture name -> class. The class must take its :meth:`config` as keyword arguments.
-ARCHITECTURES: dict[str, type[nn.Module]] = {"unet": UNet}
-if hasattr(models, "UNetPlusPlus"):
-    ARCHITECTURES["unetplusplus"] = models.UNetPlusPlus
-
-
-def register_architecture(name: str, cls: type[nn.Module]) -> None:
-    """Make an architecture loadable from model files.
-
-    Parameters
-    ----------
-    name : str
-        The name stored in the metadata (``"unet"``, ``"unetplusplus"``, ...).
-    cls : type
-        An ``nn.Module`` subclass with a ``config()`` method returning the
-        keyword arguments that rebuild it.
-    """
-    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-        raise ValueError(f"`cls` must be an nn.Module subclass, got {cls!r}")
-    if not callable(getattr(cls, "config", None)):
-        raise ValueError(f"`cls` {cls.__name__} needs a config() method to be saved and loaded")
-    ARCHITECTURES[name] = cls
-
-
-def architecture_name(model: nn.Module) -> str:
-    """The registry name of ``model``'s class.
-
-    Raises
-    ------
-    ValueError
-        If the class is not registered (see :func:`register_architecture`).
-    """
-    for name, cls in ARCHITECTURES.items():
-        if type(model) is cls:
-            return name
-    raise ValueError(
-        f"`model` is a {type(model).__name__}, which is not a registered architecture "
-        f"({', '.join(sorted(ARCHITECTURES))}); see register_architecture()"
-    )
-
-
-def build_model(architecture: str, arguments: Mapping[str, Any]) -> nn.Module:
-    """Build an untrained model from its registry name and constructor arguments.
-
-    Raises
-    ------
-    ModelFileError
-        If the architecture is unknown, the arguments do not fit it, or they
-        imply more parameters than :func:`napari_unet.modelcheck.max_parameters`.
-    """
-    if architecture not in ARCHITECTURES:
-        raise ModelFileError(
-            f"unknown architecture {architecture!r}; this version of napari-unet knows "
-            f"{', '.join(sorted(ARCHITECTURES))} (a newer version may be needed)"
-        )
-    # The arguments come from a file: check their ranges and the parameters they imply
-    # before anything is allocated.
-    arguments = validate_arguments(architecture, arguments)
-    check_budget(architecture, arguments)
-    try:
-        return ARCHITECTURES[architecture](**dict(arguments))
-    except (TypeError, ValueError) as err:
-        raise ModelFileError(
-            f"the arguments stored for architecture {architecture!r} are invalid: {err}"
-        ) from err
-
-
-# -- writing -----------------------------------------------------------------------------------
 
 
 def save_model(

@@ -64,7 +64,7 @@ DEFAULT_OUT = Path.home() / "napari-unet-models"
 def _architectures() -> dict[str, type]:
     """Display name -> model class, for the architectures model files can store."""
     from .. import models
-    from .._modelfile import ARCHITECTURES
+    from ..models.registry import ARCHITECTURES
 
     found = {"U-Net": models.UNet}
     plus = getattr(models, "UNetPlusPlus", None)
@@ -335,8 +335,8 @@ class TrainWidget(ScrollDock):
     def _shape_model(self) -> Any:
         """A tiny model with the chosen architecture, for its shape rules only."""
         if self._finetune.value:
-            from .._modelfile import build_model as build_stored
             from ..io import ModelFileError, read_metadata
+            from ..models.registry import build_model as build_stored
 
             path = Path(self._finetune_file.value)
             try:
