@@ -43,7 +43,6 @@ LONG_FUNCTIONS = {
     "napari_unet._widgets.train.__init__",
     "napari_unet._widgets.train.start",
     "napari_unet.export.export_bioimageio",
-    "napari_unet.postprocess._chunked.labels_dask",
 }
 # inference <-> tiling (inference_check calls predict_tiled): issue 17 moves the check out.
 KNOWN_CYCLES: list[set[str]] = []

@@ -141,19 +141,69 @@ def labels_dask(
     >>> np.unique(lazy.compute()).tolist()  # one object across four chunks
     [0, 1]
     """
-    import dask
+    import dask.array as da
+
+    probs = _as_dask(probabilities)
+    spatial_dims, margins = _check_arguments(probs, margin, iou_threshold, spatial_dims, kwargs)
+    spatial = tuple(range(probs.ndim - spatial_dims, probs.ndim))
+    probs = probs.rechunk(
+        {
+            0: -1,
+            **{
+                ax: _merge_small_chunks(probs.chunks[ax], m)
+                for ax, m in zip(spatial, margins, strict=True)
+            },
+        }
+    )
+    # Axes of the labels (class axis dropped) that are merged across chunks.
+    label_axes = tuple(ax - 1 for ax in spatial)
+    options = {"spatial_dims": spatial_dims, **kwargs}
+    geometry = {"axes": label_axes, "margins": margins}
+    depth = dict(zip(spatial, margins, strict=True))
+    if not isinstance(probabilities, da.Array):
+        # Each task reads its chunk and margins itself (see Notes, *Memory*).
+        source, bounds, parts = _read_summaries(probabilities, probs, depth, geometry, options)
+        grid = tuple(len(c) for c in probs.chunks[1:])
+        lookup = _lookup(parts, grid, label_axes, iou_threshold, compute_lookup)
+        return da.map_blocks(
+            _read_label_relabel,
+            da.zeros(grid, chunks=1, dtype=np.uint8),
+            source,
+            lookup,
+            bounds=bounds,
+            options=options,
+            geometry=geometry,
+            chunks=probs.chunks[1:],
+            dtype=np.uint32,
+            meta=np.empty((0,) * (probs.ndim - 1), np.uint32),
+        )
+    overlapped, labeled, parts = _overlap_summaries(probs, depth, geometry, options)
+    lookup = _lookup(parts, labeled.numblocks, label_axes, iou_threshold, compute_lookup)
+    return _relabel(probs, overlapped, labeled, lookup, options, geometry, compute_lookup)
+
+
+def _as_dask(probabilities: Any) -> dask.array.Array:
+    """A Dask array of ``probabilities`` (a Zarr array keeps its chunks; else Dask picks)."""
     import dask.array as da
 
     if isinstance(probabilities, da.Array):
-        probs = probabilities
-    else:
-        # A Zarr array's own chunks; otherwise Dask picks.
-        native = getattr(probabilities, "chunks", None)
-        probs = da.from_array(
-            probabilities,
-            chunks=native if isinstance(native, tuple) else "auto",
-            meta=np.empty((0,) * np.ndim(probabilities), np.dtype(probabilities.dtype)),
-        )
+        return probabilities
+    native = getattr(probabilities, "chunks", None)
+    return da.from_array(
+        probabilities,
+        chunks=native if isinstance(native, tuple) else "auto",
+        meta=np.empty((0,) * np.ndim(probabilities), np.dtype(probabilities.dtype)),
+    )
+
+
+def _check_arguments(
+    probs: dask.array.Array,
+    margin: int | Sequence[int],
+    iou_threshold: float,
+    spatial_dims: int | None,
+    kwargs: dict[str, Any],
+) -> tuple[int, tuple[int, ...]]:
+    """Validate :func:`labels_dask`'s arguments; the spatial dimensions and per-axis margins."""
     if not np.issubdtype(probs.dtype, np.floating):
         raise ValueError(
             f"`probabilities` must be a float array of probabilities, got dtype {probs.dtype}"
@@ -165,7 +215,6 @@ def labels_dask(
         )
     if 0 in probs.shape:
         raise ValueError(f"`probabilities` (shape {probs.shape}) is empty")
-    image_ndim = probs.ndim - 1
     spatial_dims = _resolve_spatial_dims(probs.shape, spatial_dims, "probabilities")
     margins = (int(margin),) * spatial_dims if np.isscalar(margin) else tuple(map(int, margin))
     if len(margins) != spatial_dims or min(margins) < 1:
@@ -176,92 +225,105 @@ def labels_dask(
     probabilities_to_labels(
         np.zeros((probs.shape[0],) + (2,) * spatial_dims, np.float32), **kwargs
     )
+    return spatial_dims, margins
 
-    spatial = tuple(range(probs.ndim - spatial_dims, probs.ndim))
-    probs = probs.rechunk(
-        {
-            0: -1,
-            **{
-                ax: _merge_small_chunks(probs.chunks[ax], m)
-                for ax, m in zip(spatial, margins, strict=True)
-            },
-        }
+
+def _read_summaries(
+    probabilities: Any,
+    probs: dask.array.Array,
+    depth: dict[int, int],
+    geometry: dict[str, Any],
+    options: dict[str, Any],
+) -> tuple[Any, list, dict]:
+    """Per chunk, a task that reads, labels and summarises it: (source, bounds, parts)."""
+    import dask
+
+    bounds = _block_bounds(probs.chunks, depth)
+    source = dask.delayed(
+        probabilities, name=f"napari-unet-probabilities-{uuid.uuid4().hex}", traverse=False
     )
-    out_chunks = probs.chunks[1:]
-    # Axes of the labels (class axis dropped) that are merged across chunks.
-    label_axes = tuple(ax - 1 for ax in spatial)
-    options = {"spatial_dims": spatial_dims, **kwargs}
-    geometry = {"axes": label_axes, "margins": margins}
-    reading = not isinstance(probabilities, da.Array)
-    if reading:
-        # Each task reads its chunk and margins itself (see Notes, *Memory*).
-        bounds = _block_bounds(probs.chunks, dict(zip(spatial, margins, strict=True)))
-        source = dask.delayed(
-            probabilities, name=f"napari-unet-probabilities-{uuid.uuid4().hex}", traverse=False
-        )
-        grid = tuple(len(c) for c in out_chunks)
-        summary_of = dask.delayed(_read_label_summarize, pure=True, nout=2)
-        parts = {
-            loc: summary_of(source, _region(bounds, (0, *loc)), loc, grid, geometry, options)
-            for loc in np.ndindex(*grid)
-        }
-    else:
-        overlapped = da.overlap.overlap(
-            probs, depth=dict(zip(spatial, margins, strict=True)), boundary="none"
-        )
-        labeled = overlapped.map_blocks(
-            _label_block,
-            options=options,
-            drop_axis=0,
-            dtype=np.uint32,
-            meta=np.empty((0,) * image_ndim, np.uint32),
-        )
-        grid = labeled.numblocks
-        blocks = labeled.to_delayed(optimize_graph=False)
-        summary_of = dask.delayed(_summarize_block, pure=True, nout=2)
-        parts = {loc: summary_of(blocks[loc], loc, grid, geometry) for loc in np.ndindex(*grid)}
+    grid = tuple(len(c) for c in probs.chunks[1:])
+    summary_of = dask.delayed(_read_label_summarize, pure=True, nout=2)
+    parts = {
+        loc: summary_of(source, _region(bounds, (0, *loc)), loc, grid, geometry, options)
+        for loc in np.ndindex(*grid)
+    }
+    return source, bounds, parts
+
+
+def _overlap_summaries(
+    probs: dask.array.Array,
+    depth: dict[int, int],
+    geometry: dict[str, Any],
+    options: dict[str, Any],
+) -> tuple[dask.array.Array, dask.array.Array, dict]:
+    """The overlapped probabilities, their labels per chunk and each chunk's summary task."""
+    import dask
+    import dask.array as da
+
+    overlapped = da.overlap.overlap(probs, depth=depth, boundary="none")
+    labeled = overlapped.map_blocks(
+        _label_block,
+        options=options,
+        drop_axis=0,
+        dtype=np.uint32,
+        meta=np.empty((0,) * (probs.ndim - 1), np.uint32),
+    )
+    grid = labeled.numblocks
+    blocks = labeled.to_delayed(optimize_graph=False)
+    summary_of = dask.delayed(_summarize_block, pure=True, nout=2)
+    parts = {loc: summary_of(blocks[loc], loc, grid, geometry) for loc in np.ndindex(*grid)}
+    return overlapped, labeled, parts
+
+
+def _lookup(
+    parts: dict,
+    grid: tuple[int, ...],
+    label_axes: tuple[int, ...],
+    iou_threshold: float,
+    compute_lookup: bool,
+) -> Any:
+    """The delayed id lookup (per chunk, local id -> final id), computed now or lazily."""
+    import dask
+
     # Per chunk, the small part (id count, ids kept) goes to the lookup and the
     # border strips to the pair matching only.
     if compute_lookup:
         tables = _sweep_lookup(parts, grid, label_axes, iou_threshold)
         # A named key: hashing the tables into every task would copy them per chunk.
-        lookup = dask.delayed(
+        return dask.delayed(
             tables, name=f"napari-unet-label-lookup-{uuid.uuid4().hex}", traverse=False
         )
-    else:
-        pairs = [
-            (
-                int(np.ravel_multi_index(loc, grid)),
-                int(np.ravel_multi_index(nxt, grid)),
-                dask.delayed(_match_strips, pure=True)(
-                    parts[loc][1], parts[nxt][1], k, iou_threshold
-                ),
-            )
-            for loc, nxt, k in _neighbours(grid, label_axes)
-        ]
-        lookup = dask.delayed(_build_lookup, pure=True)(
-            [parts[loc][0] for loc in np.ndindex(*grid)], pairs
+    pairs = [
+        (
+            int(np.ravel_multi_index(loc, grid)),
+            int(np.ravel_multi_index(nxt, grid)),
+            dask.delayed(_match_strips, pure=True)(parts[loc][1], parts[nxt][1], k, iou_threshold),
         )
-    meta = np.empty((0,) * image_ndim, np.uint32)
-    if reading:
-        return da.map_blocks(
-            _read_label_relabel,
-            da.zeros(grid, chunks=1, dtype=np.uint8),
-            source,
-            lookup,
-            bounds=bounds,
-            options=options,
-            geometry=geometry,
-            chunks=out_chunks,
-            dtype=np.uint32,
-            meta=meta,
-        )
+        for loc, nxt, k in _neighbours(grid, label_axes)
+    ]
+    return dask.delayed(_build_lookup, pure=True)(
+        [parts[loc][0] for loc in np.ndindex(*grid)], pairs
+    )
+
+
+def _relabel(
+    probs: dask.array.Array,
+    overlapped: dask.array.Array,
+    labeled: dask.array.Array,
+    lookup: Any,
+    options: dict[str, Any],
+    geometry: dict[str, Any],
+    compute_lookup: bool,
+) -> dask.array.Array:
+    """The final labels of a Dask input: relabel the chunks' labels, or label again per chunk."""
+    meta = np.empty((0,) * (probs.ndim - 1), np.uint32)
     if not compute_lookup:
         return labeled.map_blocks(
             _relabel_block,
             lookup,
             geometry=geometry,
-            chunks=out_chunks,
+            chunks=probs.chunks[1:],
             dtype=np.uint32,
             meta=meta,
         )
@@ -271,7 +333,7 @@ def labels_dask(
         options=options,
         geometry=geometry,
         drop_axis=0,
-        chunks=out_chunks,
+        chunks=probs.chunks[1:],
         dtype=np.uint32,
         meta=meta,
     )
