@@ -39,9 +39,6 @@ LONG_MODULES = {
     "napari_unet.export",
 }
 LONG_FUNCTIONS = {
-    "napari_unet._widgets._plot.paintEvent",
-    "napari_unet._widgets.train.__init__",
-    "napari_unet._widgets.train.start",
     "napari_unet.export.export_bioimageio",
 }
 # inference <-> tiling (inference_check calls predict_tiled): issue 17 moves the check out.

@@ -154,8 +154,6 @@ class LinePlot(QWidget):
         palette = self.palette()
         background = palette.color(QPalette.ColorRole.Base)
         foreground = palette.color(QPalette.ColorRole.Text)
-        grid = QColor(foreground)
-        grid.setAlpha(40)
         painter.fillRect(self.rect(), background)
         font = QFont(painter.font())
         metrics = painter.fontMetrics()
@@ -177,32 +175,40 @@ class LinePlot(QWidget):
             painter.drawText(plot, Qt.AlignmentFlag.AlignCenter, "no data yet")
             painter.end()
             return
+        self._draw_axes(painter, plot, ranges, foreground, line)
+        self._draw_series(painter, plot, ranges)
+        self._draw_legend(painter, plot, foreground)
+        painter.end()
+
+    def _draw_axes(
+        self,
+        painter: QPainter,
+        plot: QRectF,
+        ranges: tuple[float, float, float, float],
+        foreground: QColor,
+        line: int,
+    ) -> None:
+        """Grid lines, tick labels, the x label and the frame."""
         x0, x1, y0, y1 = ranges
-
-        def to_px(x: float, y: float) -> QPointF:
-            return QPointF(
-                plot.left() + (x - x0) / (x1 - x0) * plot.width(),
-                plot.bottom() - (y - y0) / (y1 - y0) * plot.height(),
-            )
-
-        # Grid and tick labels.
+        grid = QColor(foreground)
+        grid.setAlpha(40)
         painter.setPen(QPen(grid, 1))
         yticks = _log_ticks(y0, y1) if self.log_y else nice_ticks(y0, y1, 4)
         for value in yticks:
             ty = self._ty(value)
             if not y0 <= ty <= y1:
                 continue
-            p = to_px(x0, ty)
+            p = _to_px(plot, ranges, x0, ty)
             painter.setPen(QPen(grid, 1))
             painter.drawLine(QPointF(plot.left(), p.y()), QPointF(plot.right(), p.y()))
             painter.setPen(foreground)
             painter.drawText(
-                QRectF(0, p.y() - line / 2, left - 4, line),
+                QRectF(0, p.y() - line / 2, plot.left() - 4, line),
                 Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter,
                 _format(value),
             )
         for value in nice_ticks(x0, x1, 5):
-            p = to_px(value, y0)
+            p = _to_px(plot, ranges, value, y0)
             painter.setPen(QPen(grid, 1))
             painter.drawLine(QPointF(p.x(), plot.top()), QPointF(p.x(), plot.bottom()))
             painter.setPen(foreground)
@@ -219,7 +225,11 @@ class LinePlot(QWidget):
         painter.setPen(QPen(foreground, 1))
         painter.drawRect(plot)
 
-        # Series, decimated to about one point per pixel column.
+    def _draw_series(
+        self, painter: QPainter, plot: QRectF, ranges: tuple[float, float, float, float]
+    ) -> None:
+        """Each series' markers and line, decimated to about one point per pixel column."""
+        x0, x1 = ranges[0], ranges[1]
         painter.setClipRect(plot)
         for series in self._series.values():
             if not series.x:
@@ -232,28 +242,24 @@ class LinePlot(QWidget):
                 continue
             if self.log_y:
                 y = np.log10(y)
-            columns = max(int(plot.width()), 1)
-            if x.size > 2 * columns:
-                bins = ((x - x0) / (x1 - x0) * (columns - 1)).astype(int)
-                counts = np.bincount(bins, minlength=columns)
-                used = counts > 0
-                x = (np.bincount(bins, weights=x, minlength=columns)[used]) / counts[used]
-                y = (np.bincount(bins, weights=y, minlength=columns)[used]) / counts[used]
-            pen = QPen(series.color, series.width)
-            painter.setPen(pen)
+            x, y = _decimate(x, y, x0, x1, max(int(plot.width()), 1))
+            painter.setPen(QPen(series.color, series.width))
             if series.markers:
                 painter.setBrush(series.color)
                 for xi, yi in zip(x, y, strict=True):
-                    painter.drawEllipse(to_px(xi, yi), 3.0, 3.0)
+                    painter.drawEllipse(_to_px(plot, ranges, xi, yi), 3.0, 3.0)
                 painter.setBrush(Qt.BrushStyle.NoBrush)
             if x.size > 1:
-                path = QPainterPath(to_px(x[0], y[0]))
+                path = QPainterPath(_to_px(plot, ranges, x[0], y[0]))
                 for xi, yi in zip(x[1:], y[1:], strict=True):
-                    path.lineTo(to_px(xi, yi))
+                    path.lineTo(_to_px(plot, ranges, xi, yi))
                 painter.drawPath(path)
         painter.setClipping(False)
 
-        # Legend in a row between the title and the axes: it never hides a point.
+    def _draw_legend(self, painter: QPainter, plot: QRectF, foreground: QColor) -> None:
+        """The legend in a row between the title and the axes: it never hides a point."""
+        metrics = painter.fontMetrics()
+        line = metrics.height()
         named = [s for s in self._series.values() if s.x]
         lx = plot.right()
         ly = line + 4
@@ -263,4 +269,26 @@ class LinePlot(QWidget):
             painter.drawLine(QPointF(lx, ly + line / 2), QPointF(lx + 18, ly + line / 2))
             painter.setPen(foreground)
             painter.drawText(QPointF(lx + 22, ly + metrics.ascent()), series.name)
-        painter.end()
+
+
+def _to_px(plot: QRectF, ranges: tuple[float, float, float, float], x: float, y: float) -> QPointF:
+    """Data coordinates to pixels inside ``plot``."""
+    x0, x1, y0, y1 = ranges
+    return QPointF(
+        plot.left() + (x - x0) / (x1 - x0) * plot.width(),
+        plot.bottom() - (y - y0) / (y1 - y0) * plot.height(),
+    )
+
+
+def _decimate(
+    x: np.ndarray, y: np.ndarray, x0: float, x1: float, columns: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Average the points per pixel column when there are over two per column."""
+    if x.size <= 2 * columns:
+        return x, y
+    bins = ((x - x0) / (x1 - x0) * (columns - 1)).astype(int)
+    counts = np.bincount(bins, minlength=columns)
+    used = counts > 0
+    x_mean = np.bincount(bins, weights=x, minlength=columns)[used] / counts[used]
+    y_mean = np.bincount(bins, weights=y, minlength=columns)[used] / counts[used]
+    return x_mean, y_mean

@@ -163,8 +163,6 @@ class TrainWidget(ScrollDock):
         # The engine's first-use imports, in the background while the user reads the dock
         # (see _warmup: in the worker after Start they stalled the GUI for up to 1 s).
         warm_up("train")
-        from ..devices import available_devices, describe_device, select_device
-
         self._viewer = viewer
         self._session = session_for(viewer)
         # Shared with the destroy handler, which must not read attributes of this object
@@ -184,6 +182,21 @@ class TrainWidget(ScrollDock):
         self._started = 0.0
         self._out: Path | None = None
 
+        self._build_network_fields()
+        self._build_training_fields()
+        self._build_controls()
+        self._lay_out()
+        self._connect()
+        self._on_finetune_changed()
+        self._update_set_info()
+        self._update_weights_info()
+        self.apply_preset()
+        self._update_tile_info()
+
+    # -- construction --------------------------------------------------------------------------
+
+    def _build_network_fields(self) -> None:
+        """The training-set and network fields."""
         self._set_info = Label(value="")
         self._val_percent = SpinBox(label="validation planes (%)", min=0, max=50, value=0)
         self._arch = ComboBox(label="architecture", choices=list(_architectures()))
@@ -191,6 +204,11 @@ class TrainWidget(ScrollDock):
         self._base = SpinBox(label="base channels", min=1, max=256, value=32)
         self._padding = ComboBox(label="padding", choices=["valid", "same"], value="valid")
         self._border_class = CheckBox(text="separating-border class (3 classes)", value=True)
+
+    def _build_training_fields(self) -> None:
+        """The training fields: tile, iterations, optimiser, device, preset and output."""
+        from ..devices import available_devices, describe_device, select_device
+
         self._tile = SpinBox(label="tile size (0 = auto)", min=0, max=2048, value=0)
         self._tile_info = Label(value="")
         self._iterations = SpinBox(label="iterations", min=1, max=1_000_000, value=1000)
@@ -218,6 +236,9 @@ class TrainWidget(ScrollDock):
         self._finetune_file = FileEdit(
             label="model to fine-tune", mode="r", filter="*.safetensors"
         )
+
+    def _build_controls(self) -> None:
+        """Start, Stop, the progress bar, the status line and the loss plot."""
         self._start = PushButton(text="Start training")
         self._stop_button = PushButton(text="Stop", enabled=False)
         self._progress = ProgressBar(value=0, min=0, max=1000, label="progress")
@@ -226,6 +247,8 @@ class TrainWidget(ScrollDock):
         self.plot.add_series("loss", "#7a8cff", width=1.0)
         self.plot.add_series("smoothed", "#ffb000", width=2.0)
         self.plot.add_series("validation", "#3ddc84", width=2.0, markers=True)
+
+    def _lay_out(self) -> None:
         buttons = Container(
             widgets=[self._start, self._stop_button], layout="horizontal", labels=False
         )
@@ -261,6 +284,7 @@ class TrainWidget(ScrollDock):
         self.set_footer([buttons, self._progress, self._status], stretch=self.plot)
         self._progress.native.setFormat("")
 
+    def _connect(self) -> None:
         self._finetune.changed.connect(self._on_finetune_changed)
         self._optimizer.changed.connect(self._on_optimizer_changed)
         self._preset.changed.connect(self.apply_preset)
@@ -275,11 +299,6 @@ class TrainWidget(ScrollDock):
         self._watcher = watch_close(
             self.native, self.stop, _stopper(self._stop, self._done, self._flags)
         )
-        self._on_finetune_changed()
-        self._update_set_info()
-        self._update_weights_info()
-        self.apply_preset()
-        self._update_tile_info()
 
     # -- display -------------------------------------------------------------------------------
 
@@ -402,25 +421,12 @@ class TrainWidget(ScrollDock):
         worker : GeneratorWorker or None
             None if something is missing (an error notification says what).
         """
-        from ..train_settings import default_val_every
-        from ..training import TrainConfig
-
         if self.worker is not None:
             show_info("Train: already training; stop it first.")
             return None
         training_set = self._session.training_set
-        if not len(training_set):
-            show_error(
-                "Train: the training set is empty. In 'Annotate cells', paint some cells and "
-                "press 'Add to training set'."
-            )
-            return None
-        if training_set.n_cells == 0:
-            show_error("Train: the training set has no cells; paint at least one cell.")
-            return None
         val_fraction = self._val_percent.value / 100
-        if val_fraction and len(training_set) < 2:
-            show_error("Train: validation needs at least 2 planes in the training set.")
+        if not self._check_training_set(training_set, val_fraction):
             return None
         fine_path = Path(self._finetune_file.value) if self._finetune.value else None
         if fine_path is not None and not fine_path.is_file():
@@ -435,25 +441,47 @@ class TrainWidget(ScrollDock):
         channels = training_set[0].channels
         border_class = self._border_class.value
         if fine_path is not None:
-            from ..io import ModelFileError, read_metadata
+            border_class = _fine_tune_border_class(fine_path, channels)
+            if border_class is None:
+                return None
+        config = self._train_config(border_class, val_fraction)
+        if config is None:
+            return None
+        model: dict[str, Any] | Path = fine_path or {
+            "architecture": self._arch.value,
+            "in_channels": channels,
+            "num_classes": config.num_classes,
+            "depth": int(self._depth.value),
+            "base_channels": int(self._base.value),
+            "padding": self._padding.value,
+        }
+        return self._launch(training_set, model, config)
 
-            try:
-                meta = read_metadata(fine_path)
-            except (OSError, ModelFileError) as err:
-                show_error(f"Train: {err}")
-                return None
-            # A fine-tuned model keeps its classes and its channels.
-            border_class = int(meta.get("num_classes") or 2) == 3
-            if int(meta.get("in_channels") or 1) != channels:
-                show_error(
-                    f"Train: {fine_path.name} expects {meta.get('in_channels')} channel(s), the "
-                    f"training set has {channels}."
-                )
-                return None
+    def _check_training_set(self, training_set: Any, val_fraction: float) -> bool:
+        """Whether the training set can be trained on (an error notification says why not)."""
+        if not len(training_set):
+            show_error(
+                "Train: the training set is empty. In 'Annotate cells', paint some cells and "
+                "press 'Add to training set'."
+            )
+            return False
+        if training_set.n_cells == 0:
+            show_error("Train: the training set has no cells; paint at least one cell.")
+            return False
+        if val_fraction and len(training_set) < 2:
+            show_error("Train: validation needs at least 2 planes in the training set.")
+            return False
+        return True
+
+    def _train_config(self, border_class: bool, val_fraction: float) -> Any:
+        """The TrainConfig of the dock's settings, or None (an error notification says why)."""
+        from ..train_settings import default_val_every
+        from ..training import TrainConfig
+
         iterations = int(self._iterations.value)
         tile = self.valid_tile()
         try:
-            config = TrainConfig(
+            return TrainConfig(
                 iterations=iterations,
                 tile_shape=None if tile is None else (tile, tile),
                 optimizer=self._optimizer.value,
@@ -471,14 +499,9 @@ class TrainWidget(ScrollDock):
         except ValueError as err:
             show_error(f"Train: {err}")
             return None
-        model: dict[str, Any] | Path = fine_path or {
-            "architecture": self._arch.value,
-            "in_channels": channels,
-            "num_classes": config.num_classes,
-            "depth": int(self._depth.value),
-            "base_channels": int(self._base.value),
-            "padding": self._padding.value,
-        }
+
+    def _launch(self, training_set: Any, model: dict[str, Any] | Path, config: Any) -> Any:
+        """Start the training worker and set the dock to its running state."""
         out = self._output_path()
         data_info = {
             "source": "napari",
@@ -625,6 +648,24 @@ def _stopper(
             done.wait(CLOSE_WAIT_S)
 
     return on_destroyed
+
+
+def _fine_tune_border_class(fine_path: Path, channels: int) -> bool | None:
+    """Whether a model to fine-tune has 3 classes; None if unusable (an error says why)."""
+    from ..io import ModelFileError, read_metadata
+
+    try:
+        meta = read_metadata(fine_path)
+    except (OSError, ModelFileError) as err:
+        show_error(f"Train: {err}")
+        return None
+    if int(meta.get("in_channels") or 1) != channels:
+        show_error(
+            f"Train: {fine_path.name} expects {meta.get('in_channels')} channel(s), the "
+            f"training set has {channels}."
+        )
+        return None
+    return int(meta.get("num_classes") or 2) == 3
 
 
 def _median_diameter(training_set: Any) -> float | None:
