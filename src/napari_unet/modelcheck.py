@@ -457,6 +457,14 @@ def validate_metadata(
     ModelFileError
         Naming the file, the key, what was found and what was expected.
     """
+    _check_header(document, source, format_name, format_version)
+    arguments = validate_arguments(document["architecture"], document["arguments"], source=source)
+    _check_descriptive_keys(document, source, arguments)
+    return document
+
+
+def _check_header(document: Any, source: object, format_name: str, format_version: int) -> None:
+    """The format tag and version, and the keys every model file has."""
     if not isinstance(document, dict) or document.get("format") != format_name:
         found = document.get("format") if isinstance(document, dict) else document
         raise ModelFileError(
@@ -481,7 +489,12 @@ def validate_metadata(
         r"[0-9A-Za-z.+!_-]{1,64}", document["package_version"]
     ):
         raise _fail(source, "'package_version'", document["package_version"], "a version string")
-    arguments = validate_arguments(document["architecture"], document["arguments"], source=source)
+
+
+def _check_descriptive_keys(
+    document: dict[str, Any], source: object, arguments: Mapping[str, Any]
+) -> None:
+    """The optional keys: classes, normalisation, training, post-processing, size, authors."""
     for key in ("in_channels", "num_classes"):
         if document.get(key) is not None and document[key] != arguments.get(key):
             raise _fail(
@@ -517,7 +530,6 @@ def validate_metadata(
         or not all(isinstance(a, str) or isinstance(a, Mapping) for a in authors)
     ):
         raise _fail(source, "'authors'", authors, "a list of names or objects")
-    return document
 
 
 # -- packages ----------------------------------------------------------------------------------

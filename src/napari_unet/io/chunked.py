@@ -124,19 +124,7 @@ def open_chunked(path: str | Path, *, chunks: Sequence[int] | None = None) -> Ch
     if not path.exists():
         raise FileNotFoundError(f"no such file or folder: {path}")
     if _suffix(path) in _TIFF_SUFFIXES:
-        reader = _TiffReader(path)
-        if chunks is None:
-            chunks = (1,) * (len(reader.shape) - 2) + (512, 512)
-        data = da.from_array(
-            reader,
-            chunks=tuple(chunks),
-            lock=False,
-            asarray=False,
-            meta=np.empty((0,) * len(reader.shape), reader.dtype),
-            name=f"tiff-{_token(path)}",
-        )
-        axes = _DEFAULT_AXES.get(data.ndim, ("t", "c", "z", "y", "x")[-data.ndim :])
-        return ChunkedImage(data, axes, None, (1.0,) * data.ndim, str(path))
+        return _open_tiff(path, chunks)
     if not is_zarr(path):
         raise ValueError(f"{path} is neither a Zarr store nor a TIFF file")
     import zarr
@@ -147,32 +135,7 @@ def open_chunked(path: str | Path, *, chunks: Sequence[int] | None = None) -> Ch
     channel_axis = None
     scale: Sequence[float] | None = None
     if isinstance(node, zarr.Group):
-        attrs = dict(node.attrs)
-        multiscales = attrs.get("multiscales") or (attrs.get("ome") or {}).get("multiscales")
-        if multiscales:
-            first = multiscales[0]
-            level = first["datasets"][0]
-            component = level["path"]
-            names = first.get("axes")
-            if names:
-                axes = [a["name"] if isinstance(a, dict) else str(a) for a in names]
-                types = [a.get("type") if isinstance(a, dict) else None for a in names]
-                if "channel" in types:
-                    channel_axis = types.index("channel")
-                elif "c" in axes:
-                    channel_axis = axes.index("c")
-            for transform in level.get("coordinateTransformations") or []:
-                if transform.get("type") == "scale":
-                    scale = transform["scale"]
-        else:
-            arrays = sorted(name for name, _ in node.arrays())
-            if len(arrays) != 1:
-                raise ValueError(
-                    f"{path} is a Zarr group without OME-Zarr 'multiscales' metadata and with "
-                    f"{len(arrays)} arrays ({', '.join(arrays[:5]) or 'none'}); give the path "
-                    "of one array (e.g. store.zarr/name)"
-                )
-            component = arrays[0]
+        component, axes, channel_axis, scale = _group_level(node, path)
     data = da.from_zarr(str(path), component=component or None)
     if axes is None or len(axes) != data.ndim:
         axes = _DEFAULT_AXES.get(data.ndim, ("t", "c", "z", "y", "x")[-data.ndim :])
@@ -182,6 +145,63 @@ def open_chunked(path: str | Path, *, chunks: Sequence[int] | None = None) -> Ch
         scale = (1.0,) * data.ndim
     source = f"{path}/{component}" if component else str(path)
     return ChunkedImage(data, axes, channel_axis, scale, source)
+
+
+def _open_tiff(path: Path, chunks: Sequence[int] | None) -> ChunkedImage:
+    """A TIFF file as a lazy Dask array read region by region (see :func:`open_chunked`)."""
+    import dask.array as da
+
+    reader = _TiffReader(path)
+    if chunks is None:
+        chunks = (1,) * (len(reader.shape) - 2) + (512, 512)
+    data = da.from_array(
+        reader,
+        chunks=tuple(chunks),
+        lock=False,
+        asarray=False,
+        meta=np.empty((0,) * len(reader.shape), reader.dtype),
+        name=f"tiff-{_token(path)}",
+    )
+    axes = _DEFAULT_AXES.get(data.ndim, ("t", "c", "z", "y", "x")[-data.ndim :])
+    return ChunkedImage(data, axes, None, (1.0,) * data.ndim, str(path))
+
+
+def _group_level(
+    node: Any, path: Path
+) -> tuple[str, Sequence[str] | None, int | None, Sequence[float] | None]:
+    """(component, axes, channel axis, scale) of a Zarr group's full-resolution array.
+
+    From OME-NGFF ``multiscales`` metadata, or the group's only array (no
+    axes, channel axis or scale then).
+    """
+    attrs = dict(node.attrs)
+    multiscales = attrs.get("multiscales") or (attrs.get("ome") or {}).get("multiscales")
+    if not multiscales:
+        arrays = sorted(name for name, _ in node.arrays())
+        if len(arrays) != 1:
+            raise ValueError(
+                f"{path} is a Zarr group without OME-Zarr 'multiscales' metadata and with "
+                f"{len(arrays)} arrays ({', '.join(arrays[:5]) or 'none'}); give the path "
+                "of one array (e.g. store.zarr/name)"
+            )
+        return arrays[0], None, None, None
+    first = multiscales[0]
+    level = first["datasets"][0]
+    axes: list[str] | None = None
+    channel_axis: int | None = None
+    scale: Sequence[float] | None = None
+    names = first.get("axes")
+    if names:
+        axes = [a["name"] if isinstance(a, dict) else str(a) for a in names]
+        types = [a.get("type") if isinstance(a, dict) else None for a in names]
+        if "channel" in types:
+            channel_axis = types.index("channel")
+        elif "c" in axes:
+            channel_axis = axes.index("c")
+    for transform in level.get("coordinateTransformations") or []:
+        if transform.get("type") == "scale":
+            scale = transform["scale"]
+    return level["path"], axes, channel_axis, scale
 
 
 def create_ome_zarr(
