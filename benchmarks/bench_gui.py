@@ -78,7 +78,6 @@ def dense_cells(side: int = 2048, spacing: int = 22, seed: int = 0):
 def _scenario(name: str, quick: bool) -> dict[str, float]:
     """Run one scenario in this process; returns {"idle": s, "<part>": s, ...}."""
     import napari
-    import numpy as np
 
     viewer = napari.Viewer(show=True)
     viewer.window.resize(1366, 768)
@@ -87,69 +86,91 @@ def _scenario(name: str, quick: bool) -> dict[str, float]:
         _probe(lambda: True, at_least=0.5)  # let the window settle
         out["idle"] = _probe(lambda: True, at_least=1.0)
         if name in ("pick", "paint"):
-            _, labels = dense_cells(1024 if quick else 2048)
-            _, weights = viewer.window.add_plugin_dock_widget(PLUGIN, "Weight map")
-            _probe(lambda: True, at_least=0.5)
-            before = weights.updates
-            layer = viewer.add_labels(labels, name="cells 2048")
-            weights._labels.value = layer
-            out["pick"] = _probe(lambda: weights.updates > before, at_least=0.4)
-            if name == "paint":
-                before = weights.updates
-                for stroke in range(3):
-                    layer.paint((500 + 40 * stroke, 500), int(labels.max()) + 1 + stroke)
-                    out[f"stroke {stroke + 1}"] = _probe(lambda: True, at_least=0.1)
-                out["preview after strokes"] = _probe(
-                    lambda: weights.updates > before and not _busy(weights), at_least=0.4
-                )
+            _pick_and_paint(viewer, name, quick, out)
         elif name == "predict":
-            from napari_unet._sample_data import synthetic_cells
-
-            image, _ = synthetic_cells((256, 256) if quick else (512, 512), seed=2)
-            layer = viewer.add_image(image, name="cells")
-            _, predict = viewer.window.add_plugin_dock_widget(PLUGIN, "Predict")
-            predict._image.value = layer
-            predict._device.value = "cpu"
-            out["Predict dock open (warm-up)"] = _probe(_warmed_up, at_least=0.5)
-            predict.start()
-            out["first predict"] = _probe(lambda: predict.worker is None, at_least=0.1)
+            _predict(viewer, quick, out)
         elif name == "train":
-            import tempfile
-
-            from napari_unet._sample_data import make_cells_2d
-
-            for data, kwargs, kind in make_cells_2d():
-                getattr(viewer, f"add_{kind}")(data, **kwargs)
-            _, annotate = viewer.window.add_plugin_dock_widget(PLUGIN, "Annotate cells")
-            _, train = viewer.window.add_plugin_dock_widget(PLUGIN, "Train")
-            annotate._image.value = viewer.layers["synthetic cells"]
-            annotate._labels.value = viewer.layers["synthetic cells ground truth"]
-            annotate.add_to_training_set()
-            # The demo's CPU network: depth 3, 16 base channels, 124 px tiles.
-            train._depth.value = 2 if quick else 3
-            train._base.value = 8 if quick else 16
-            train._tile.value = 124
-            train._iterations.value = 1_000_000
-            train._device.value = "cpu"
-            train._out_dir.value = Path(tempfile.mkdtemp(prefix="bench-gui-"))
-            out["Train dock open (warm-up)"] = _probe(_warmed_up, at_least=0.5)
-            train.start()
-            out["training start"] = _probe(lambda: len(train._losses) >= 1)
-            out["training"] = _probe(lambda: True, at_least=1.0 if quick else 3.0)
-            train.stop()
-            out["training stop"] = _probe(lambda: train.worker is None)
+            _train(viewer, quick, out)
         elif name == "result":
-            _, labels = dense_cells(1024 if quick else 2048)
-            image = viewer.add_image(np.zeros(labels.shape, np.uint16), name="cells")
-            _, predict = viewer.window.add_plugin_dock_widget(PLUGIN, "Predict")
-            predict._job = {"image": image, "axis": None, "probabilities": False}
-            predict._started = time.perf_counter()
-            _probe(lambda: True, at_least=0.5)
-            predict._on_returned((labels.astype(np.uint32), None))
-            out["add result layer"] = _probe(lambda: True, at_least=1.0)
+            _result(viewer, quick, out)
     finally:
         viewer.close()
     return out
+
+
+def _pick_and_paint(viewer, name: str, quick: bool, out: dict[str, float]) -> None:
+    """Pick a dense labels layer in Weight map (and, for "paint", paint three strokes)."""
+    _, labels = dense_cells(1024 if quick else 2048)
+    _, weights = viewer.window.add_plugin_dock_widget(PLUGIN, "Weight map")
+    _probe(lambda: True, at_least=0.5)
+    before = weights.updates
+    layer = viewer.add_labels(labels, name="cells 2048")
+    weights._labels.value = layer
+    out["pick"] = _probe(lambda: weights.updates > before, at_least=0.4)
+    if name == "paint":
+        before = weights.updates
+        for stroke in range(3):
+            layer.paint((500 + 40 * stroke, 500), int(labels.max()) + 1 + stroke)
+            out[f"stroke {stroke + 1}"] = _probe(lambda: True, at_least=0.1)
+        out["preview after strokes"] = _probe(
+            lambda: weights.updates > before and not _busy(weights), at_least=0.4
+        )
+
+
+def _predict(viewer, quick: bool, out: dict[str, float]) -> None:
+    """Open Predict (its warm-up) and run a first prediction."""
+    from napari_unet._sample_data import synthetic_cells
+
+    image, _ = synthetic_cells((256, 256) if quick else (512, 512), seed=2)
+    layer = viewer.add_image(image, name="cells")
+    _, predict = viewer.window.add_plugin_dock_widget(PLUGIN, "Predict")
+    predict._image.value = layer
+    predict._device.value = "cpu"
+    out["Predict dock open (warm-up)"] = _probe(_warmed_up, at_least=0.5)
+    predict.start()
+    out["first predict"] = _probe(lambda: predict.worker is None, at_least=0.1)
+
+
+def _train(viewer, quick: bool, out: dict[str, float]) -> None:
+    """Open Train (its warm-up), start training on the demo, train a while and stop."""
+    import tempfile
+
+    from napari_unet._sample_data import make_cells_2d
+
+    for data, kwargs, kind in make_cells_2d():
+        getattr(viewer, f"add_{kind}")(data, **kwargs)
+    _, annotate = viewer.window.add_plugin_dock_widget(PLUGIN, "Annotate cells")
+    _, train = viewer.window.add_plugin_dock_widget(PLUGIN, "Train")
+    annotate._image.value = viewer.layers["synthetic cells"]
+    annotate._labels.value = viewer.layers["synthetic cells ground truth"]
+    annotate.add_to_training_set()
+    # The demo's CPU network: depth 3, 16 base channels, 124 px tiles.
+    train._depth.value = 2 if quick else 3
+    train._base.value = 8 if quick else 16
+    train._tile.value = 124
+    train._iterations.value = 1_000_000
+    train._device.value = "cpu"
+    train._out_dir.value = Path(tempfile.mkdtemp(prefix="bench-gui-"))
+    out["Train dock open (warm-up)"] = _probe(_warmed_up, at_least=0.5)
+    train.start()
+    out["training start"] = _probe(lambda: len(train._losses) >= 1)
+    out["training"] = _probe(lambda: True, at_least=1.0 if quick else 3.0)
+    train.stop()
+    out["training stop"] = _probe(lambda: train.worker is None)
+
+
+def _result(viewer, quick: bool, out: dict[str, float]) -> None:
+    """Add a large labels result layer as Predict does when a run returns."""
+    import numpy as np
+
+    _, labels = dense_cells(1024 if quick else 2048)
+    image = viewer.add_image(np.zeros(labels.shape, np.uint16), name="cells")
+    _, predict = viewer.window.add_plugin_dock_widget(PLUGIN, "Predict")
+    predict._job = {"image": image, "axis": None, "probabilities": False}
+    predict._started = time.perf_counter()
+    _probe(lambda: True, at_least=0.5)
+    predict._on_returned((labels.astype(np.uint32), None))
+    out["add result layer"] = _probe(lambda: True, at_least=1.0)
 
 
 def _warmed_up() -> bool:
