@@ -123,13 +123,18 @@ def _render(out: Path, iterations: int) -> None:
     viewer = napari.Viewer(title="napari-unet")
     viewer.window.resize(*SIZE)
     widgets = setup_demo(viewer, stack=True)
-    annotate, weights, train, predict = widgets.values()
+    _shoot_annotate(viewer, widgets, out)
+    _shoot_weight_map(viewer, widgets, out)
+    _shoot_train(viewer, widgets, out, iterations)
+    _shoot_predict(viewer, widgets, out)
+    viewer.close()
+    _shoot_demo(out)
 
-    def front(name: str) -> None:
-        _front(widgets[name])
 
-    # 1. Annotate: a new labels layer with a few painted cells and a finished region.
-    front("Annotate cells")
+def _shoot_annotate(viewer, widgets: dict, out: Path) -> None:
+    """1. Annotate: a new labels layer with a few painted cells and a finished region."""
+    annotate = widgets["Annotate cells"]
+    _front(annotate)
     annotate._image.value = viewer.layers["synthetic cells"]
     painted = annotate.create_labels_layer()
     truth = viewer.layers["synthetic cells ground truth"].data
@@ -145,8 +150,11 @@ def _render(out: Path, iterations: int) -> None:
     viewer.reset_view()
     _shoot(viewer, out / "widget_annotate.png")
 
-    # 2. Weight map of the ground truth.
-    front("Weight map")
+
+def _shoot_weight_map(viewer, widgets: dict, out: Path) -> None:
+    """2. Weight map of the ground truth."""
+    weights = widgets["Weight map"]
+    _front(weights)
     weights._labels.value = viewer.layers["synthetic cells ground truth"]
     weights.update_preview(block=True)
     _show_only(
@@ -159,8 +167,11 @@ def _render(out: Path, iterations: int) -> None:
     viewer.layers.selection.active = viewer.layers["synthetic cells ground truth weight map"]
     _shoot(viewer, out / "widget_weight_map.png")
 
-    # 3. Train: the 2D ground truth plus the stack's planes, 20% held out for validation.
-    front("Train")
+
+def _shoot_train(viewer, widgets: dict, out: Path, iterations: int) -> None:
+    """3. Train: the 2D ground truth plus the stack's planes, 20% held out for validation."""
+    annotate, train = widgets["Annotate cells"], widgets["Train"]
+    _front(train)
     annotate._image.value = viewer.layers["synthetic cell stack"]
     annotate._labels.value = viewer.layers["synthetic cell stack ground truth"]
     annotate._regions.value = None
@@ -177,8 +188,11 @@ def _render(out: Path, iterations: int) -> None:
     _wait(lambda: train.worker is None)
     print(train._status.value)
 
-    # 4. Predict the stack with the model just trained.
-    front("Predict")
+
+def _shoot_predict(viewer, widgets: dict, out: Path) -> None:
+    """4. Predict the stack with the model just trained."""
+    predict = widgets["Predict"]
+    _front(predict)
     predict._image.value = viewer.layers["synthetic cell stack"]
     predict._probabilities.value = True
     predict.start()
@@ -192,8 +206,13 @@ def _render(out: Path, iterations: int) -> None:
     viewer.camera.zoom *= 256 / 170
     _shoot(viewer, out / "widget_predict.png")
 
-    # 5. The whole demo as `napari-unet demo` opens it.
-    viewer.close()
+
+def _shoot_demo(out: Path) -> None:
+    """5. The whole demo as `napari-unet demo` opens it."""
+    import napari
+
+    from napari_unet._widgets._demo import setup_demo
+
     viewer = napari.Viewer(title="napari-unet demo")
     viewer.window.resize(*SIZE)
     setup_demo(viewer, stack=True)
