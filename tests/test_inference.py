@@ -152,8 +152,8 @@ def test_onnx_export_is_cached_on_disk_and_exported_once(monkeypatch, tmp_path):
     monkeypatch.setenv(inference.CACHE_ENV, str(tmp_path))
     calls = []
 
-    real = export._onnx_export
-    monkeypatch.setattr(export, "_onnx_export", lambda *a: calls.append(1) or real(*a))
+    real = export.onnx._onnx_export
+    monkeypatch.setattr(export.onnx, "_onnx_export", lambda *a: calls.append(1) or real(*a))
     first = cache_onnx(valid_net)
     again = cache_onnx(valid_net)
     assert first == again and first.parent.parent == tmp_path and first.stat().st_size > 0

@@ -67,10 +67,10 @@ def no_build(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a network was built before the file was refused")
 
-    from napari_unet import export
+    from napari_unet.export import _wrapper
 
     monkeypatch.setattr(_modelfile, "build_model", refuse)
-    monkeypatch.setattr(export, "build_model", refuse)  # packages' state-dict path
+    monkeypatch.setattr(_wrapper, "build_model", refuse)  # packages' state-dict path
 
 
 # -- budget ------------------------------------------------------------------------------------

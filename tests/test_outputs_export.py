@@ -33,8 +33,8 @@ def test_interrupted_export_keeps_the_previous_package_and_leaves_cleanable_name
         raise KeyboardInterrupt
 
     # As after a SIGKILL: no clean-up runs, the temporaries stay.
-    monkeypatch.setattr(export, "_remove", lambda path: None)
-    monkeypatch.setattr(export, "_zip_folder", killed)
+    monkeypatch.setattr(export.bioimageio, "_remove", lambda path: None)
+    monkeypatch.setattr(export.bioimageio, "_zip_folder", killed)
     with pytest.raises(KeyboardInterrupt):
         export.export_bioimageio(
             _model(), out, validate=False, overwrite=True, weights=("pytorch_state_dict",)

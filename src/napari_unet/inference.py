@@ -474,7 +474,7 @@ def _versions() -> str:
 
 
 def _cached_onnx_path(model: nn.Module) -> Path:
-    from .export import ONNX_OPSET
+    from .export.onnx import ONNX_OPSET
 
     key = hashlib.sha256(
         f"{model_digest(model)};{_versions()};opset={ONNX_OPSET}".encode()
@@ -497,7 +497,8 @@ def cache_onnx(model: nn.Module) -> Path:
     Call this after saving a model (or in the background) so that the first
     prediction with ``backend="auto"`` runs ONNX Runtime at once.
     """
-    from .export import ExportWrapper, _onnx_export
+    from .export import ExportWrapper
+    from .export.onnx import _onnx_export
 
     path = _cached_onnx_path(model)
     with _EXPORT_LOCK:
