@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from .._modelfile import FORMAT_NAME, _document, architecture_name, load_model
+from .._modelfile import FORMAT_NAME, _document, load_model
+from ..models.registry import architecture_name
 from ..outputs import check_output
 from ._reader import is_bioimageio_package
 

@@ -21,9 +21,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._modelfile import ModelFileError, _parse_document, architecture_name, load_model_bytes
+from .._modelfile import ModelFileError, _parse_document, load_model_bytes
 from ..devices import select_device
 from ..modelcheck import MAX_RDF_BYTES, check_member_name, check_zip_members, max_parameters
+from ..models.registry import architecture_name
 from ._wrapper import ExportWrapper
 
 __all__ = ["CONFIG_KEY", "is_bioimageio_package", "load_bioimageio", "read_bioimageio_metadata"]

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._modelfile import architecture_name, build_model
+from ..models.registry import architecture_name, build_model
 
 __all__ = ["ExportWrapper"]
 
