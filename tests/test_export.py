@@ -301,3 +301,20 @@ def test_cli_export_and_overwrite(tmp_path, capsys):
     assert main(["export", str(model_file), "--format", "onnx", "--out", str(tmp_path / "x")]) == 2
     assert "ending in .onnx" in capsys.readouterr().err
     assert main(["export", str(tmp_path / "missing.safetensors"), "--out", str(out)]) == 3
+
+
+def test_anisotropic_3d_package_declares_sizes_per_axis_and_validates(tmp_path):
+    # Z is pooled fewer times than Y and X, so its valid sizes, step and halo differ.
+    torch.manual_seed(0)
+    model = UNet(spatial_dims=3, depth=2, base_channels=4, spacing=(2, 1, 1)).eval()
+    out = tmp_path / "vol.bioimageio.zip"
+    export.export_bioimageio((model, _META), out, validate=False)
+    rdf = _rdf(out)
+    inputs = {a["id"]: a["size"] for a in rdf["inputs"][0]["axes"] if a["type"] == "space"}
+    outputs = {a["id"]: a["size"] for a in rdf["outputs"][0]["axes"] if a["type"] == "space"}
+    minimum = model.valid_input_shape((1, 1, 1))
+    for i, axis in enumerate(("z", "y", "x")):
+        assert inputs[axis] == {"min": minimum[i], "step": model.divisors[i]}
+        assert outputs[axis]["offset"] == -2 * model.halo[i]
+    assert inputs["z"] != inputs["x"]
+    _validate_or_skip(out)

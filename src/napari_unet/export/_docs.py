@@ -23,19 +23,23 @@ def _write_docs(
     probs: np.ndarray,
 ) -> None:
     """The cover image (input | prediction) and README.md."""
-    _write_cover(folder / "cover.png", image, probs, _size_rule(model)[2])
+    _write_cover(folder / "cover.png", image, probs)
     (folder / "README.md").write_text(_readme(document, model, name), encoding="utf-8")
 
 
-def _write_cover(path: Path, image: np.ndarray, probs: np.ndarray, halo: int) -> None:
+def _write_cover(path: Path, image: np.ndarray, probs: np.ndarray) -> None:
     """Input (cropped to the output region) beside the prediction, as an RGB PNG."""
     from ..io import write_image
 
-    if image.ndim == 4:  # 3D: the middle plane of the output
-        z_out = probs.shape[2] // 2
-        image, probs = image[:, z_out + halo], probs[:, :, z_out]
-    if halo:
-        image = image[:, halo:-halo, halo:-halo]
+    # The input cropped to the output's region, axis by axis: an anisotropic 3D network
+    # has a smaller halo in Z than in Y and X, so one number does not describe it.
+    out_shape = probs.shape[2:]
+    start = [(n_in - n_out) // 2 for n_in, n_out in zip(image.shape[1:], out_shape, strict=True)]
+    region = tuple(slice(s, s + n) for s, n in zip(start, out_shape, strict=True))
+    image = image[(slice(None), *region)]
+    if image.ndim == 4:  # 3D: the middle plane
+        z = probs.shape[2] // 2
+        image, probs = image[:, z], probs[:, :, z]
     gray = image[0].astype(np.float64)
     lo, hi = np.percentile(gray, [1, 99.8])
     gray = np.clip((gray - lo) / (hi - lo + 1e-12), 0, 1)

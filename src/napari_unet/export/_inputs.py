@@ -98,15 +98,15 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def _size_rule(model: nn.Module) -> tuple[int, int, int]:
-    """(min, step, halo) of every spatial axis: valid sizes are ``min + k * step``."""
-    step = model.divisor
-    minimum = model.valid_input_shape((1,) * model.spatial_dims)[0]
-    return minimum, step, model.halo[0]
+def _size_rule(model: nn.Module, axis: int = -1) -> tuple[int, int, int]:
+    """(min, step, halo) of one spatial axis (default the last, X): valid sizes are
+    ``min + k * step``. Per axis, because an anisotropic 3D network pools Z fewer times."""
+    minimum = model.valid_input_shape((1,) * model.spatial_dims)[axis]
+    return minimum, model.divisors[axis], model.halo[axis]
 
 
-def _largest_valid(model: nn.Module, size: int) -> int | None:
-    minimum, step, _ = _size_rule(model)
+def _largest_valid(model: nn.Module, size: int, axis: int = -1) -> int | None:
+    minimum, step, _ = _size_rule(model, axis)
     if size < minimum:
         return None
     return minimum + (size - minimum) // step * step
@@ -129,12 +129,12 @@ def _sample_input(model: nn.Module, sample: np.ndarray) -> np.ndarray:
     # Keep test tensors small: they are stored in the package and run by every validator.
     caps = (256, 256) if dims == 2 else (32, 128, 128)
     slices = [slice(None)]
-    for n, cap in zip(sample.shape[1:], caps, strict=True):
-        size = _largest_valid(model, min(n, cap))
+    for axis, (n, cap) in enumerate(zip(sample.shape[1:], caps, strict=True)):
+        size = _largest_valid(model, min(n, cap), axis)
         if size is None:
-            minimum = _size_rule(model)[0]
+            minimum = model.valid_input_shape((1,) * dims)
             raise ValueError(
-                f"`sample` (shape {sample.shape}) is too small: every spatial axis needs at "
+                f"`sample` (shape {sample.shape}) is too small: the spatial axes need at "
                 f"least {minimum} pixels for this model"
             )
         start = (n - size) // 2

@@ -341,13 +341,16 @@ def _axes(
     model: nn.Module, classes: Sequence[str]
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The rdf.yaml axes of the input and the output tensor."""
-    minimum, step, halo = _size_rule(model)
     spatial = _SPATIAL_AXES[model.spatial_dims]
+    rules = [_size_rule(model, i) for i in range(len(spatial))]  # (min, step, halo) per axis
     channel_names = [f"channel{i}" for i in range(model.in_channels)]
     input_axes: list[dict[str, Any]] = [
         {"type": "batch"},
         {"type": "channel", "channel_names": channel_names},
-    ] + [{"type": "space", "id": axis, "size": {"min": minimum, "step": step}} for axis in spatial]
+    ] + [
+        {"type": "space", "id": axis, "size": {"min": minimum, "step": step}}
+        for axis, (minimum, step, _) in zip(spatial, rules, strict=True)
+    ]
     output_axes: list[dict[str, Any]] = [
         {"type": "batch"},
         {"type": "channel", "channel_names": list(classes)},
@@ -358,7 +361,7 @@ def _axes(
             # The valid U-Net's output is the input less the halo on each side.
             "size": {"tensor_id": "input", "axis_id": axis, "offset": -2 * halo},
         }
-        for axis in spatial
+        for axis, (_, _, halo) in zip(spatial, rules, strict=True)
     ]
     return input_axes, output_axes
 
