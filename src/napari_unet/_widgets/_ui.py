@@ -140,3 +140,13 @@ def _compact(container: Container) -> None:
             combo.setMinimumContentsLength(_COMBO_CHARS)
         elif isinstance(widget, Container):
             _compact(widget)
+
+
+def format_seconds(seconds: float) -> str:
+    """A duration as a person reads it: "45 s", "12 min", "2.5 h"."""
+    seconds = max(0.0, float(seconds))
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

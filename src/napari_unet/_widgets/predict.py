@@ -42,7 +42,7 @@ from ._layers import (
 from ._lifetime import JobError, report_error, watch_close
 from ._model_text import describe_model, technical_details
 from ._session import session_for
-from ._ui import ScrollDock
+from ._ui import ScrollDock, format_seconds
 from ._warmup import freeze_heap, warm_up
 
 if TYPE_CHECKING:
@@ -505,7 +505,7 @@ class PredictWidget(ScrollDock):
             fraction, text = 0.0, f"{event.stage} ..."
         elapsed = time.perf_counter() - self._started
         if fraction > 0.02:
-            text += f" · ETA {_format_seconds(elapsed * (1 - fraction) / fraction)}"
+            text += f" · ETA {format_seconds(elapsed * (1 - fraction) / fraction)}"
         self._progress.value = int(1000 * fraction)
         self._status.value = text
 
@@ -544,7 +544,7 @@ class PredictWidget(ScrollDock):
         if info.get("estimated") and info.get("diameter"):
             grey += f", objects ~{float(info['diameter']):.0f} px (estimated)"
         self._status.value = (
-            f"{n} cells found{grey} in {_format_seconds(seconds)} -> '{elide(layer.name)}'"
+            f"{n} cells found{grey} in {format_seconds(seconds)} -> '{elide(layer.name)}'"
         )
 
     def _on_aborted(self) -> None:
@@ -627,12 +627,3 @@ def _read_model_metadata(path: Path) -> tuple[dict | None, str]:
         return read_metadata(path), ""
     except (OSError, ModelFileError) as err:
         return None, str(err)
-
-
-def _format_seconds(seconds: float) -> str:
-    seconds = max(0.0, float(seconds))
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"

@@ -44,7 +44,7 @@ from ._presets import (
     preset_values,
 )
 from ._session import TrainedModel, session_for
-from ._ui import ScrollDock
+from ._ui import ScrollDock, format_seconds
 from ._warmup import warm_up
 
 if TYPE_CHECKING:
@@ -343,7 +343,7 @@ class TrainWidget(ScrollDock):
         )
         where = "on the GPU" if seconds.gpu else "on this CPU"
         self._estimate.value = (
-            f"Estimated training time: about {_format_seconds(seconds.value)} {where} "
+            f"Estimated training time: about {format_seconds(seconds.value)} {where} "
             "(rough; measured once running)"
         )
 
@@ -577,7 +577,7 @@ class TrainWidget(ScrollDock):
             # Iteration and ETA inside the bar, so the status line does not wrap.
             bar = f"{event.done}/{event.total}"
             if "eta_s" in info:
-                bar += f" · ETA {_format_seconds(info['eta_s'])}"
+                bar += f" · ETA {format_seconds(info['eta_s'])}"
             self._progress.native.setFormat(bar)
             text = f"loss {info.get('loss', 0):.4f}"
             if "it_per_s" in info:
@@ -615,7 +615,7 @@ class TrainWidget(ScrollDock):
         self._progress.value = int(1000 * result.iterations / max(self._iterations.value, 1))
         self._status.value = (
             f"{state} at iteration {result.iterations} in "
-            f"{_format_seconds(time.perf_counter() - self._started)}; saved the "
+            f"{format_seconds(time.perf_counter() - self._started)}; saved the "
             f"{checkpoint} as {elide(Path(path).name)}. {listed}"
         )
         show_info(f"Train: {state.lower()}; saved {elide(Path(path).name)}")
@@ -688,12 +688,3 @@ def _checkpoint_note(result: TrainResult) -> str:
         return f"best checkpoint, iteration {best} of {result.iterations}"
     state = "stopped" if result.cancelled else "finished"
     return f"{state} at iteration {result.iterations}"
-
-
-def _format_seconds(seconds: float) -> str:
-    seconds = max(0.0, float(seconds))
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"

@@ -14,15 +14,11 @@ import math
 import struct
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import InputError
 from ..outputs import atomic_path
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = [
     "IMAGE_SUFFIXES",

@@ -2,14 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 from scipy import ndimage as ndi
-
-if TYPE_CHECKING:
-    pass
-
 
 _METHODS = ("watershed", "components")
 _TOLERANCE = 1e-5

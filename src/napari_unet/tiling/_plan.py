@@ -4,17 +4,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..devices import select_device
-
-if TYPE_CHECKING:
-    pass
-
 
 # Activation memory of a forward pass in inference mode, in float32 values per
 # input pixel and per base channel. Measured on the CPU for depth-4 U-Nets

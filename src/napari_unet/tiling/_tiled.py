@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Generator, Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -13,9 +12,6 @@ from torch import nn
 from ..devices import select_device
 from ..inference import Backend, make_backend
 from ..progress import Progress, drive
-
-if TYPE_CHECKING:
-    pass
 from ._plan import _as_channels_first
 from ._tiler import _DIHEDRAL, _Tiler
 

@@ -7,7 +7,6 @@ import itertools
 import math
 import warnings
 from collections.abc import Callable, Generator, Iterator, Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -15,9 +14,6 @@ from torch import nn
 
 from ..errors import RedundantComputeWarning
 from ..inference import Backend, make_backend
-
-if TYPE_CHECKING:
-    pass
 from ._plan import (
     _MAX_TILE,
     _REDUNDANT_LIMIT,
