@@ -56,7 +56,7 @@ def setup(tmp_path_factory):
     # Reference: the in-memory TIFF path.
     ref = root / "ref"
     args = ["predict", "--model", str(root / "m.safetensors"), str(root / "stack.tif")]
-    # --no-link: chunked mode labels planes independently, so the reference does too.
+    # --no-link: planes labelled on their own, in memory and in chunked mode.
     argv = [*args, "--out", str(ref), "--probabilities", "--device", "cpu", "--quiet", "--no-link"]
     assert main(argv) == 0
     labels = read_image(ref / "stack.tif")
@@ -93,7 +93,7 @@ def test_zarr_and_large_tiff_paths_equal_the_in_memory_prediction(setup, tmp_pat
     assert "image-label" in attrs
 
     # A TIFF stack read region by region (folder output): planes labelled on their own.
-    assert _predict(root, root / "stack.tif", tmp_path / "out") == 0
+    assert _predict(root, root / "stack.tif", tmp_path / "out", "--no-link") == 0
     labels = open_chunked(tmp_path / "out" / "stack.zarr").data.compute()
     assert labels.shape == ref_labels.shape
     for z in range(2):

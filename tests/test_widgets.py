@@ -812,6 +812,43 @@ def test_predict_dask_layer_stays_lazy(make_napari_viewer, qtbot, tiny_model):
     np.testing.assert_array_equal(relabel_sequential(plane)[0], relabel_sequential(labels[2])[0])
 
 
+def test_predict_dask_stack_links_planes_as_they_are_computed(
+    make_napari_viewer, qtbot, tiny_model
+):
+    import dask.array as da
+
+    from napari_unet._widgets.predict import predict_job
+    from napari_unet.linking import link_planes
+    from napari_unet.progress import drive
+
+    stack = make_cells_3d()[0][0][:5, :64, :64]
+    viewer = make_napari_viewer()
+    image = viewer.add_image(da.from_array(stack, chunks=(1, 64, 64)), name="lazy z")
+    predict = _dock(viewer, "Predict")
+    predict._model.value = "__file__"
+    predict._model_file.value = tiny_model
+    predict._image.value = image
+    predict._device.value = "cpu"
+    # The dock says which axis it takes as Z.
+    assert predict._link.text == "link the 5 planes of axis 0 (Z) into 3D objects"
+    assert predict._link.value and predict._link.enabled
+    assert predict.start() is None
+    assert "Z planes linked" in predict._status.value
+    result = viewer.layers["lazy z cells (predicted)"]
+    np.asarray(result.data)  # every plane computed (in parallel, as the 3D view does)
+    linked = np.asarray(result.data)  # drawn again: every link known
+    per_plane, _ = drive(
+        predict_job(
+            tiny_model, stack, channel_axis=None, tile=None, tta=False,
+            threshold=float(predict._threshold.value), device="cpu", keep_probabilities=False,
+        )
+    )  # fmt: skip
+    expected = link_planes(per_plane, axis=0)
+    assert len(np.unique(expected)) < len(np.unique(per_plane))
+    pairs = np.unique(np.stack([linked.ravel(), expected.ravel()]), axis=1)
+    assert len(np.unique(pairs[0])) == len(np.unique(pairs[1])) == pairs.shape[1]
+
+
 def test_unetplusplus_trains_and_predicts_from_the_widgets(make_napari_viewer, qtbot, tmp_path):
     viewer = make_napari_viewer()
     _add_layers(viewer, make_cells_2d())

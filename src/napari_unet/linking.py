@@ -13,9 +13,11 @@ not slices of one object.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
-__all__ = ["link_planes", "plane_overlaps"]
+__all__ = ["link_overlaps", "link_planes", "match_overlaps", "overlap_counts", "plane_overlaps"]
 
 
 def plane_overlaps(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -50,6 +52,37 @@ def plane_overlaps(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return ids_a, ids_b, iou
 
 
+def overlap_counts(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Overlapping instance pairs of two label planes and their shared pixel counts.
+
+    Parameters
+    ----------
+    a, b : ndarray of int, same shape
+        Instance labels, 0 = background.
+
+    Returns
+    -------
+    ids_a, ids_b : ndarray of int64, shape (P,)
+        The ids of every pair of instances that share at least one pixel,
+        sorted by ``ids_a`` then ``ids_b``.
+    counts : ndarray of int64, shape (P,)
+        The pixels they share. Counts of several regions of the same two
+        planes (chunks) add up to the counts of the whole planes.
+    """
+    a = np.asarray(a).ravel().astype(np.int64, copy=False)
+    b = np.asarray(b).ravel().astype(np.int64, copy=False)
+    if a.shape != b.shape:
+        raise ValueError(f"planes must have the same shape, got {a.shape} and {b.shape}")
+    both = (a > 0) & (b > 0)
+    if not both.any():
+        empty = np.zeros(0, np.int64)
+        return empty, empty, empty
+    # b's ids numbered 0..n-1 first, so the pair key fits int64 whatever the ids.
+    ids_b, b_rank = np.unique(b[both], return_inverse=True)
+    pairs, counts = np.unique(a[both] * len(ids_b) + b_rank.ravel(), return_counts=True)
+    return pairs // len(ids_b), ids_b[pairs % len(ids_b)], counts.astype(np.int64)
+
+
 def _find(parent: np.ndarray, i: int) -> int:
     root = i
     while parent[root] != root:
@@ -59,17 +92,46 @@ def _find(parent: np.ndarray, i: int) -> int:
     return root
 
 
-def _match_planes(
-    a: np.ndarray, b: np.ndarray, min_iou: float, min_overlap: float
+def _union(parent: np.ndarray, a: int, b: int) -> None:
+    """Join the sets of ``a`` and ``b``; the root is the smaller id (the first seen)."""
+    ra, rb = _find(parent, a), _find(parent, b)
+    parent[max(ra, rb)] = min(ra, rb)
+
+
+def match_overlaps(
+    table: tuple[np.ndarray, np.ndarray, np.ndarray],
+    area: np.ndarray,
+    *,
+    min_iou: float = 0.25,
+    min_overlap: float = 0.5,
 ) -> tuple[list[tuple[int, int]], tuple[np.ndarray, ...]]:
     """One-to-one matches between the instances of two neighbouring planes.
 
-    Also returns the overlap table ``(ids_a, ids_b, covered_a, covered_b)``:
-    the share of each instance of a pair that the other covers.
+    Parameters
+    ----------
+    table : (ids_a, ids_b, counts)
+        The overlaps of the two planes (:func:`overlap_counts`), with ids
+        unique over the stack (the planes' ids apart).
+    area : ndarray of int
+        Pixels of every instance, indexed by id.
+    min_iou, min_overlap : float
+        As for :func:`link_planes`.
+
+    Returns
+    -------
+    matches : list of (int, int)
+        The pairs (id in the first plane, id in the second) that are one object.
+    covered : (ids_a, ids_b, covered_a, covered_b)
+        The share of each instance of a pair that the other covers (what
+        the fragment pass of :func:`link_planes` needs).
     """
-    ids_a, ids_b, iou = plane_overlaps(a, b)
-    if len(iou) == 0:
-        return [], (ids_a, ids_b, iou, iou)
+    ids_a, ids_b, inter = (np.asarray(t) for t in table)
+    if len(inter) == 0:
+        empty = np.zeros(0, np.float64)
+        return [], (ids_a, ids_b, empty, empty)
+    area_a = area[ids_a].astype(np.float64)
+    area_b = area[ids_b].astype(np.float64)
+    iou = inter / (area_a + area_b - inter)
     used_a: set[int] = set()
     used_b: set[int] = set()
     matches = []
@@ -88,35 +150,81 @@ def _match_planes(
     # A cell's first and last slices are small caps whose IoU with the next
     # slice is low; among the instances still unmatched, join those whose
     # overlap covers most of the smaller one.
-    area_a = np.bincount(a.ravel(), minlength=int(ids_a.max()) + 1)[ids_a]
-    area_b = np.bincount(b.ravel(), minlength=int(ids_b.max()) + 1)[ids_b]
-    inter = iou * (area_a + area_b) / (1.0 + iou)
     greedy(inter / np.minimum(area_a, area_b), min_overlap)
     return matches, (ids_a, ids_b, inter / area_a, inter / area_b)
 
 
-def _absorb_fragments(
-    parent: np.ndarray, linked: np.ndarray, tables: list, offsets: list[int], min_overlap: float
-) -> None:
-    """Join each instance left unlinked on both sides to the neighbour covering it most.
+def _fragment_targets(
+    linked: np.ndarray, covered: list[tuple[np.ndarray, ...]], min_overlap: float
+) -> dict[int, int]:
+    """For each instance left unlinked on both sides, the neighbour covering it most.
 
     These are the pieces of a cell that a 2D model cut in one plane: the
     largest piece carried the cell's id, the rest overlap the cell's slices
     above or below. Only singletons move, so they never bridge two objects.
     """
     best: dict[int, tuple[float, int]] = {}
-    for z, (ids_a, ids_b, covered_a, covered_b) in enumerate(tables):
-        for ids, other, covered, own_off, other_off in (
-            (ids_a, ids_b, covered_a, offsets[z], offsets[z + 1]),
-            (ids_b, ids_a, covered_b, offsets[z + 1], offsets[z]),
-        ):
-            for i, j, c in zip(ids.tolist(), other.tolist(), covered.tolist(), strict=True):
-                g = own_off + i
+    for ids_a, ids_b, covered_a, covered_b in covered:
+        for ids, other, share in ((ids_a, ids_b, covered_a), (ids_b, ids_a, covered_b)):
+            for g, j, c in zip(ids.tolist(), other.tolist(), share.tolist(), strict=True):
                 if not linked[g] and c >= min_overlap and c > best.get(g, (0.0, 0))[0]:
-                    best[g] = (c, other_off + j)
-    for g, (_, target) in best.items():
-        ra, rb = _find(parent, g), _find(parent, target)
-        parent[max(ra, rb)] = min(ra, rb)
+                    best[g] = (c, j)
+    return {g: target for g, (_, target) in best.items()}
+
+
+def link_overlaps(
+    tables: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    area: np.ndarray,
+    *,
+    min_iou: float = 0.25,
+    min_overlap: float = 0.5,
+    absorb_fragments: bool = True,
+) -> np.ndarray:
+    """The lookup from per-plane ids to 3D objects, from the planes' overlaps alone.
+
+    The engine of :func:`link_planes`, for stacks that are never in memory
+    at once (chunked Zarr, lazy napari layers): only the overlap counts of
+    neighbouring planes and every instance's area are needed.
+
+    Parameters
+    ----------
+    tables : list of (ids_a, ids_b, counts)
+        For each pair of neighbouring planes (in any order), their overlaps
+        (:func:`overlap_counts`, summed over chunks), with ids unique over
+        the whole stack: an id names one instance of one plane.
+    area : ndarray of int, shape (N + 1,)
+        Pixels of every instance, indexed by id (index 0 unused).
+    min_iou, min_overlap, absorb_fragments
+        As for :func:`link_planes`.
+
+    Returns
+    -------
+    lookup : ndarray of int32, shape (N + 1,)
+        Per-plane id -> object id 1..M (0 -> 0), objects numbered by their
+        smallest per-plane id.
+    """
+    area = np.asarray(area)
+    parent = np.arange(len(area), dtype=np.int64)
+    linked = np.zeros(len(area), dtype=bool)
+    covered = []
+    for table in tables:
+        matches, shares = match_overlaps(table, area, min_iou=min_iou, min_overlap=min_overlap)
+        covered.append(shares)
+        for a, b in matches:
+            _union(parent, a, b)
+            linked[[a, b]] = True
+    if absorb_fragments:
+        for g, target in _fragment_targets(linked, covered, min_overlap).items():
+            _union(parent, g, target)
+    roots = np.array([_find(parent, i) for i in range(len(area))], dtype=np.int64)
+    # Consecutive ids by the smallest member: the roots are the smallest ids
+    # of their chains (see _union).
+    present = area > 0
+    present[0] = True
+    keep = np.unique(roots[present])
+    lut = np.zeros(len(area), dtype=np.int32)
+    lut[present] = np.searchsorted(keep, roots[present]).astype(np.int32)
+    return lut
 
 
 def link_planes(
@@ -206,38 +314,25 @@ def link_planes(
     stack = np.moveaxis(labels, axis, 0)
 
     # Number every plane's instances apart: plane z's ids map to offset_z + 1..n_z.
-    planes, offsets, total = [], [], 0
+    planes, total = [], 0
     for plane in stack:
         ids, inverse = np.unique(plane, return_inverse=True)
         inverse = inverse.reshape(plane.shape).astype(np.int64)
         if ids[0] != 0:
             inverse += 1  # no background in this plane: keep 0 free
         n = len(ids) - 1 if ids[0] == 0 else len(ids)
-        planes.append(inverse)
-        offsets.append(total)
+        planes.append(np.where(inverse > 0, inverse + total, 0))
         total += n
-
-    parent = np.arange(total + 1, dtype=np.int64)
-    linked = np.zeros(total + 1, dtype=bool)
-    tables = []
-    for z in range(len(planes) - 1):
-        matches, table = _match_planes(planes[z], planes[z + 1], min_iou, min_overlap)
-        tables.append(table)
-        for a, b in matches:
-            ra = _find(parent, offsets[z] + a)
-            rb = _find(parent, offsets[z + 1] + b)
-            parent[max(ra, rb)] = min(ra, rb)
-            linked[[offsets[z] + a, offsets[z + 1] + b]] = True
-    if absorb_fragments:
-        _absorb_fragments(parent, linked, tables, offsets, min_overlap)
-
-    roots = np.array([_find(parent, i) for i in range(total + 1)], dtype=np.int64)
-    # Consecutive ids by first plane: the roots are the smallest global ids
-    # of their chains, and global ids grow with the plane.
-    _, lut = np.unique(roots, return_inverse=True)
-    lut = lut.astype(np.int32)  # root 0 (background) maps to 0
+    area = np.bincount(np.concatenate([p.ravel() for p in planes]), minlength=total + 1)
+    tables = [overlap_counts(a, b) for a, b in itertools.pairwise(planes)]
+    lut = link_overlaps(
+        tables,
+        area,
+        min_iou=min_iou,
+        min_overlap=min_overlap,
+        absorb_fragments=absorb_fragments,
+    )
     out = np.empty(stack.shape, dtype=np.int32)
     for z, plane in enumerate(planes):
-        global_ids = np.where(plane > 0, plane + offsets[z], 0)
-        out[z] = lut[global_ids]
+        out[z] = lut[plane]
     return np.moveaxis(out, 0, axis)

@@ -39,6 +39,7 @@ from ._layers import (
     spatial_transform,
     unique_name,
 )
+from ._lazy_link import link_text, watch_linker
 from ._lifetime import JobError, report_error, watch_close
 from ._model_text import describe_model, technical_details
 from ._session import session_for
@@ -211,7 +212,7 @@ class PredictWidget(ScrollDock):
             "model's training size. Empty: the model's default (estimated when the model "
             "records its object size); 'none': no rescaling."
         )
-        self._link = CheckBox(text="link planes into 3D objects (Z-stack)", value=False)
+        self._link = CheckBox(text=link_text(()), value=False)
         self._link.tooltip = (
             "One id per cell through the stack, by overlap between neighbouring planes "
             "(linking.link_planes). Leave it off when the leading axis is time."
@@ -323,13 +324,15 @@ class PredictWidget(ScrollDock):
         self._channel_axis.reset_choices()
         self._suggest_channel_axis()
         image = self._image.value
-        spatial = 0
+        shape: tuple[int, ...] = ()
         if image is not None:
             axis = resolve_channel_axis(image, self._channel_axis.value)
-            spatial = len(spatial_shape(image, axis))
+            shape = spatial_shape(image, axis)
+        spatial = len(shape)
         # On for a (Z, Y, X) stack; a (T, Y, X) series: the user turns it off.
         self._link.value = spatial == 3
         self._link.enabled = spatial == 3
+        self._link.text = link_text(shape)
 
     def _on_layer_removed(self, event: Any) -> None:
         """The image being predicted was removed: stop, and add nothing later."""
@@ -453,7 +456,7 @@ class PredictWidget(ScrollDock):
         Probabilities are not added for lazy images: a second lazy layer would
         run the network a second time for every plane shown.
         """
-        from ..segment import SegmentConfig, segment_dask
+        from ..segment import SegmentConfig, lazy_linker, segment_dask
 
         try:
             config = SegmentConfig(
@@ -461,8 +464,11 @@ class PredictWidget(ScrollDock):
                 tta=self._tta.value,
                 threshold=float(self._threshold.value),
                 device=self._device.value,
+                link_planes=bool(self._link.value and self._link.enabled),
             )
-            labels = segment_dask(path, data, channel_axis=axis, config=config)
+            leading = tuple(n for i, n in enumerate(data.shape) if i != axis)[:-2]
+            linker = lazy_linker(leading, config)
+            labels = segment_dask(path, data, channel_axis=axis, config=config, linker=linker)
         except (OSError, ValueError) as err:
             show_error(f"Predict: {err}")
             return
@@ -471,8 +477,12 @@ class PredictWidget(ScrollDock):
             labels, name=unique_name(self._viewer, result_name(image.name)), **transform
         )
         note = ""
+        if linker is not None:
+            # Linked as neighbouring planes are computed (segment.PlaneLinker).
+            watch_linker(self._viewer, layer, linker, self.native)
+            note = "; Z planes linked as their neighbours are computed"
         if self._probabilities.value:
-            note = " (probabilities are not added for lazy images)"
+            note += " (probabilities are not added for lazy images)"
         self._progress.value = 0
         self._status.value = f"lazy: planes are computed as you browse -> '{layer.name}'{note}"
 

@@ -117,7 +117,8 @@ def _add_settings(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-link",
         action="store_true",
-        help="label the planes of a Z-stack independently (in chunked mode they always are)",
+        help="label the planes of a Z-stack independently (default: planes of the Z axis are "
+        "linked into 3D objects, in memory and in chunked mode)",
     )
 
 
@@ -265,12 +266,25 @@ def _run_in_memory(args: argparse.Namespace, model: tuple, config: Any) -> int:
                 write_image(names[1], result.probabilities, overwrite=args.overwrite)
             count = len(np.unique(labels)) - (1 if (labels == 0).any() else 0)
             print(
-                f"{path.name}: {count} objects{_size_note(result.info)} -> "
+                f"{path.name}: {count} objects{_size_note(result.info)}"
+                f"{_link_note(result.info, labels.shape, args.axes)} -> "
                 + ", ".join(str(n) for n in names)
             )
     finally:
         bar.close()
     return 0
+
+
+def _link_note(info: dict, shape: tuple[int, ...], axes: str | None) -> str:
+    """Which axis was taken as Z and linked into 3D objects (stacks only)."""
+    if len(shape) < 3:
+        return ""
+    z = info.get("linked_axis")
+    names = (axes or info.get("axes") or "").upper().replace("C", "")
+    if z is None:
+        return "; planes not linked (no Z axis; name it with --axes, e.g. ZYX)"
+    name = f" ({names[z]})" if len(names) == len(shape) else ""
+    return f"; planes of axis {z}{name}, {shape[z]} planes, linked into 3D objects"
 
 
 def _size_note(info: dict) -> str:
@@ -410,6 +424,7 @@ def _chunked_targets(args: argparse.Namespace, inputs: list[Path]) -> tuple[Path
 
 
 def _run_chunked(args: argparse.Namespace, model: tuple, config: Any) -> int:
+    from ..io import open_chunked
     from ..outputs import remove_orphans
     from ..segment import dask_scheduler, segment_chunked
 
@@ -437,6 +452,7 @@ def _run_chunked(args: argparse.Namespace, model: tuple, config: Any) -> int:
         except ValueError as err:
             raise CommandError(f"--scheduler {err}", code=EXIT_USAGE) from err
         for path, (labels_path, probs_path) in zip(inputs, targets, strict=True):
+            info: dict[str, Any] = {}
             try:
                 count = segment_chunked(
                     model,
@@ -448,9 +464,12 @@ def _run_chunked(args: argparse.Namespace, model: tuple, config: Any) -> int:
                     margin=args.labels_margin,
                     config=config,
                     progress=None if args.quiet or client is not None else dask_bar,
+                    info=info,
                 )
             except (FileNotFoundError, ValueError) as err:
                 raise CommandError(f"{path}: {err}") from err
             written = ", ".join(str(n) for n in (labels_path, probs_path) if n is not None)
-            print(f"{path.name}: {count} objects -> {written}")
+            shape = tuple(open_chunked(labels_path).data.shape)
+            note = _link_note(info, shape, "".join(info.get("axes", [])))
+            print(f"{path.name}: {count} objects{note} -> {written}")
     return 0

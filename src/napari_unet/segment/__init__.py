@@ -19,10 +19,12 @@ Three forms share those steps:
   ``1 ... N`` over the whole stack in C order of the planes.
 - :func:`segment_dask`: lazy, one plane per Dask chunk, for napari; plane
   ``i`` has ids ``i * LAZY_ID_STRIDE + 1 ...`` (a plane cannot know how many
-  cells the planes before it hold without computing them).
+  cells the planes before it hold without computing them); with
+  ``link_planes``, Z planes are linked as they are computed (:class:`PlaneLinker`).
 - :func:`segment_chunked`: Zarr/TIFF in, OME-Zarr out, chunk by chunk with
   any Dask scheduler; ids merged across chunks by
-  :func:`~napari_unet.postprocess.labels_dask`.
+  :func:`~napari_unet.postprocess.labels_dask`, and Z planes linked into 3D
+  objects by one global relabel.
 
 For the same model, image and settings, :func:`segment` gives the same
 labels and probabilities whichever front end calls it (tested), and each
@@ -31,15 +33,18 @@ plane of :func:`segment_dask` is the same partition as :func:`segment`'s.
 
 from ._chunked import dask_scheduler, segment_chunked
 from ._config import Segmentation, SegmentConfig, load_segmenter
-from ._lazy import LAZY_ID_STRIDE, segment_dask
+from ._lazy import LAZY_ID_STRIDE, lazy_linker, segment_dask
+from ._link_lazy import PlaneLinker
 from ._memory import iter_segment, segment
 
 __all__ = [
     "LAZY_ID_STRIDE",
+    "PlaneLinker",
     "SegmentConfig",
     "Segmentation",
     "dask_scheduler",
     "iter_segment",
+    "lazy_linker",
     "load_segmenter",
     "segment",
     "segment_chunked",

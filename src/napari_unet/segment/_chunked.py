@@ -6,7 +6,6 @@ import contextlib
 import os
 import shutil
 import tempfile
-import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,8 +20,8 @@ from ._config import (
     _predict_kwargs,
     _require_2d,
     _setup,
-    _z_axis,
 )
+from ._link_chunked import chunked_z_axis, link_lookup, relabel_in_place
 
 if TYPE_CHECKING:
     from torch import nn
@@ -119,13 +118,19 @@ def _check_chunked(config: SegmentConfig, margin: int) -> None:
         raise ValueError(f"the labels margin must be >= 1, got {margin}")
 
 
-def _warn_unlinked(source: Path) -> None:
-    warnings.warn(
-        f"{source.name}: the planes of a Z-stack are labelled independently in chunked "
-        "mode (not linked into 3D objects); predict in memory to link them",
-        UserWarning,
-        stacklevel=3,
-    )
+def _link_axis(config: SegmentConfig, axes: list[str]) -> int | None:
+    """The labels' axis whose planes are linked into 3D objects, or None."""
+    if not config.link_planes:
+        return None
+    return chunked_z_axis(axes, config.axes)
+
+
+def _link_store(target: Any, z: int, what: str, progress: Callable | None) -> None:
+    """Link the Z planes of the stored labels (two passes over the store, see _link_chunked)."""
+    if target.shape[z] < 2:
+        return
+    with progress(what) if progress is not None else contextlib.nullcontext():
+        relabel_in_place(target, link_lookup(target, z))
 
 
 def segment_chunked(
@@ -140,6 +145,7 @@ def segment_chunked(
     config: SegmentConfig | None = None,
     normalization: Any = None,
     progress: Callable[[str], contextlib.AbstractContextManager] | None = None,
+    info: dict[str, Any] | None = None,
 ) -> int:
     """Segment a Zarr / OME-Zarr store or TIFF file chunk by chunk into OME-Zarr images.
 
@@ -167,11 +173,23 @@ def segment_chunked(
     progress : callable, optional
         Called with a description before each pass over the data; returns a
         context manager wrapped around that pass (e.g. a progress bar).
+    info : dict, optional
+        Filled with ``linked_axis`` (the labels' axis whose planes were
+        linked, or None) and ``axes`` (the labels' axis names).
 
     Returns
     -------
     count : int
         The largest label id written (the number of objects).
+
+    Notes
+    -----
+    With ``config.link_planes``, the planes of the Z axis (the one
+    ``config.axes`` names, else the axis named ``z``: OME-Zarr axes, or
+    ``z, y, x`` / ``t, z, y, x`` guessed for 3 / 4 axes) are linked into 3D
+    objects after labelling: overlap tables per chunk, then one relabel
+    pass over the labels store (:mod:`._link_chunked`); the result equals
+    the in-memory linked labels up to the numbering.
     """
     import dask.array as da
     import zarr
@@ -187,8 +205,9 @@ def segment_chunked(
     channel_axis = _axes_channel_axis(config, channel_axis)
     data, axis, axes, scale = _chunked_input(open_chunked(source), net, channel_axis, chunks)
     leading = [a for a in range(data.ndim - 2) if a != axis]
-    if config.link_planes and _z_axis(len(leading) + 2, config) is not None:
-        _warn_unlinked(source)
+    link_z = _link_axis(config, [axes[a] for a in (*leading, -2, -1)])
+    if info is not None:
+        info.update(linked_axis=link_z, axes=[axes[a] for a in (*leading, -2, -1)])
     probs = predict_dask(
         net,
         normalization.apply_dask(data, channel_axis=axis),
@@ -249,6 +268,8 @@ def segment_chunked(
                 label=True,
             )
             _store(labels, target, f"{source.name}: labelling", progress)
+            if link_z is not None:
+                _link_store(target, link_z, f"{source.name}: linking planes", progress)
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)

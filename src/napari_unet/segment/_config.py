@@ -84,8 +84,9 @@ class SegmentConfig:
         cell is one id through the stack. For the Z axis only (see ``axes``;
         each T of a TZYX series on its own, T planes never); images without
         a Z axis are not changed. The front ends turn it on for Z-stacks.
-        In-memory images only (:func:`segment_dask` and
-        :func:`segment_chunked` label planes independently). A 3D model
+        :func:`segment_chunked` links across planes and chunk borders (the
+        same objects, up to numbering); :func:`segment_dask` links planes
+        as they are computed (see its Notes). A 3D model
         (``spatial_dims=3``) segments the volume as a volume instead.
     """
 
@@ -202,7 +203,9 @@ class Segmentation:
         The settings used, with the model's recommendations filled in.
     info : dict
         What the run decided: ``diameter`` (pixels, None when not
-        rescaled), ``factor`` (the zoom predicted at), ``estimated``.
+        rescaled), ``factor`` (the zoom predicted at), ``estimated``,
+        ``linked_axis`` (the Z axis of ``labels`` whose planes were linked
+        into 3D objects, or None).
     """
 
     labels: np.ndarray

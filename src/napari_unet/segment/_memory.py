@@ -38,11 +38,14 @@ def _iter_label_planes(
     return labels
 
 
-def _link_z(labels: np.ndarray, config: SegmentConfig) -> np.ndarray:
-    """Per-plane labels with the planes of the Z axis linked into 3D objects (ids 1..N)."""
+def _link_z(labels: np.ndarray, config: SegmentConfig) -> tuple[np.ndarray, int | None]:
+    """Per-plane labels with the planes of the Z axis linked into 3D objects (ids 1..N).
+
+    Also returns the axis linked (None: none).
+    """
     z = _z_axis(labels.ndim, config)
     if not config.link_planes or z is None or labels.shape[z] < 2:
-        return labels
+        return labels, None
     from ..linking import link_planes
 
     stacks = np.moveaxis(labels, z, -3)  # (..., Z, Y, X): each T on its own
@@ -52,7 +55,7 @@ def _link_z(labels: np.ndarray, config: SegmentConfig) -> np.ndarray:
         linked = link_planes(stacks[index]).astype(np.uint32)
         out[index] = np.where(linked > 0, linked + np.uint32(offset), 0)
         offset += int(linked.max(initial=0))
-    return np.moveaxis(out, -3, z)
+    return np.moveaxis(out, -3, z), z
 
 
 def iter_segment(
@@ -91,7 +94,7 @@ def iter_segment(
         probs = restore_probabilities(probs, shape)
         config = replace(config, postprocess=scaled_sizes(config.postprocess or {}, factor))
     labels = yield from _iter_label_planes(probs, config)
-    labels = _link_z(labels, config)
+    labels, info["linked_axis"] = _link_z(labels, config)
     return Segmentation(labels, probs if config.probabilities else None, config, info)
 
 
