@@ -28,15 +28,82 @@ from pathlib import Path
 
 PROBE_MS = 10
 PLUGIN = "napari-unet-cells"
-SCENARIOS = ("paint", "predict", "train", "result")
+SCENARIOS = ("napari", "paint", "predict", "train", "result")
 if os.environ.get("BENCH_GUI_ONLY"):
     SCENARIOS = tuple(os.environ["BENCH_GUI_ONLY"].split(","))
 
 
-def _probe(until, timeout: float = 300.0, at_least: float = 0.0) -> float:
-    """Largest lateness (s) of a PROBE_MS timer until ``until()`` (checked every tick)."""
+class _Sampler:
+    """With BENCH_GUI_STACKS=1: what the GUI thread runs while the probe is late.
+
+    A watchdog thread looks at the main thread's stack every 5 ms; whenever
+    the last probe tick is more than 50 ms old, the stack is counted. At the
+    end of a probe the functions seen most often (inclusive) go to stderr.
+    """
+
+    def __init__(self) -> None:
+        import collections
+        import threading
+
+        self.beat = time.perf_counter()
+        self.counts: collections.Counter = collections.Counter()
+        self.leaves: collections.Counter = collections.Counter()
+        self._main = threading.main_thread().ident
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.005):
+            if time.perf_counter() - self.beat < 0.05:
+                continue
+            frame = sys._current_frames().get(self._main)
+            seen = set()
+            stack = []
+            while frame is not None:
+                code = frame.f_code
+                where = f"{_short(code.co_filename)}:{code.co_name}"
+                stack.append(f"{where}:{frame.f_lineno}")
+                if where not in seen:
+                    seen.add(where)
+                    self.counts[where] += 1
+                frame = frame.f_back
+            self.leaves[" < ".join(stack[:6])] += 1
+
+    def report(self, label: str) -> None:
+        self._stop.set()
+        total = sum(self.leaves.values())
+        if not total:
+            return
+        print(
+            f"--- {label}: {total} samples (5 ms) while the probe was > 50 ms late",
+            file=sys.stderr,
+        )
+        for where, n in self.counts.most_common(40):
+            print(f"  {n:5d}  {where}", file=sys.stderr)
+        print("  leaf stacks:", file=sys.stderr)
+        for stack, n in self.leaves.most_common(12):
+            print(f"  {n:5d}  {stack}", file=sys.stderr)
+
+
+def _short(filename: str) -> str:
+    for marker in ("site-packages/", "src/", "lib/python3"):
+        if marker in filename:
+            return filename.split(marker, 1)[1]
+    return filename
+
+
+def _probe(
+    until, timeout: float = 300.0, at_least: float = 0.0, label: str = "", action=None
+) -> float:
+    """Largest lateness (s) of a PROBE_MS timer until ``until()`` (checked every tick).
+
+    ``action`` (the user's click, as a function) runs on the event loop once
+    the probe is running, so its own time on the GUI thread is measured too.
+    """
     from qtpy.QtCore import QEventLoop, QTimer
 
+    sampler = _Sampler() if os.environ.get("BENCH_GUI_STACKS") else None
     late: list[float] = [0.0]
     last = [time.perf_counter()]
     start = last[0]
@@ -46,14 +113,20 @@ def _probe(until, timeout: float = 300.0, at_least: float = 0.0) -> float:
         now = time.perf_counter()
         late.append(now - last[0] - PROBE_MS / 1000)
         last[0] = now
+        if sampler is not None:
+            sampler.beat = now
         if now - start >= at_least and (until() or now - start > timeout):
             loop.quit()
 
     timer = QTimer()
     timer.timeout.connect(tick)
     timer.start(PROBE_MS)
+    if action is not None:
+        QTimer.singleShot(PROBE_MS // 2, action)
     loop.exec()
     timer.stop()
+    if sampler is not None:
+        sampler.report(f"{label or 'probe'} (longest stall {1000 * max(late):.0f} ms)")
     return max(late)
 
 
@@ -83,55 +156,144 @@ def _scenario(name: str, quick: bool) -> dict[str, float]:
     viewer.window.resize(1366, 768)
     out: dict[str, float] = {}
     try:
-        _probe(lambda: True, at_least=0.5)  # let the window settle
-        out["idle"] = _probe(lambda: True, at_least=1.0)
-        if name in ("pick", "paint"):
-            _pick_and_paint(viewer, name, quick, out)
-        elif name == "predict":
-            _predict(viewer, quick, out)
-        elif name == "train":
-            _train(viewer, quick, out)
-        elif name == "result":
-            _result(viewer, quick, out)
+        _settle()
+        out["idle"] = _probe(label="idle", until=lambda: True, at_least=1.0)
+        {
+            "napari": _napari_alone,
+            "pick": _pick_and_paint,
+            "paint": _pick_and_paint,
+            "predict": _predict,
+            "train": _train,
+            "result": _result,
+        }[name](viewer, name, quick, out)
     finally:
         viewer.close()
     return out
 
 
+def _settle() -> None:
+    _probe(lambda: True, at_least=0.5)
+
+
+def _measure(out: dict[str, float], part: str, action, until=lambda: True, at_least=0.3):
+    """out[part] = the longest stall from ``action()`` (on the event loop) until ``until()``."""
+    out[part] = _probe(until, at_least=at_least, label=part, action=action)
+    return out[part]
+
+
+def _napari_alone(viewer, name: str, quick: bool, out: dict[str, float]) -> None:
+    """napari's own cost of what the plugin asks of it (no plugin code runs)."""
+    import numpy as np
+
+    side = 1024 if quick else 2048
+    _, labels = dense_cells(side)
+    small = np.zeros((512, 512), np.uint16)
+    viewer.add_image(small, name="cells")
+    _settle()
+    _measure(out, NAPARI["first"], lambda: viewer.add_labels(labels[:512, :512], name="first"))
+    _settle()
+    _measure(out, NAPARI["labels32"], lambda: viewer.add_labels(labels, name="labels32"))
+    _settle()
+    _measure(
+        out,
+        NAPARI["labels16"],
+        lambda: viewer.add_labels(labels.astype(np.uint16), name="labels16"),
+    )
+    _settle()
+    layer = viewer.layers["labels32"]
+    viewer.layers.selection.active = layer
+    _settle()
+    _measure(out, NAPARI["paint"], lambda: layer.paint((500, 500), int(labels.max()) + 1))
+    _settle()
+    weights = np.random.default_rng(0).random((side, side), np.float32)
+    _measure(out, NAPARI["image"], lambda: viewer.add_image(weights, name="w", colormap="inferno"))
+    _settle()
+    image = viewer.layers["w"]
+    _measure(out, NAPARI["replace"], lambda: setattr(image, "data", weights[::-1].copy()))
+
+
+#: napari-alone parts (scenario "napari") and the plugin parts they are the baseline of.
+NAPARI = {
+    "first": "napari alone: first Labels layer (512²)",
+    "labels32": "napari alone: add 2048² labels (uint32)",
+    "labels16": "napari alone: add 2048² labels (uint16)",
+    "paint": "napari alone: paint stroke on 2048² labels",
+    "image": "napari alone: add 2048² float32 image",
+    "replace": "napari alone: replace 2048² image data",
+}
+BASELINE_OF = {
+    "pick": NAPARI["image"],
+    "stroke 1": NAPARI["paint"],
+    "stroke 2": NAPARI["paint"],
+    "stroke 3": NAPARI["paint"],
+    "preview after strokes": NAPARI["replace"],
+    "first predict": NAPARI["first"],
+    "add result layer": NAPARI["labels16"],
+}
+
+
 def _pick_and_paint(viewer, name: str, quick: bool, out: dict[str, float]) -> None:
     """Pick a dense labels layer in Weight map (and, for "paint", paint three strokes)."""
     _, labels = dense_cells(1024 if quick else 2048)
-    _, weights = viewer.window.add_plugin_dock_widget(PLUGIN, "Weight map")
-    _probe(lambda: True, at_least=0.5)
-    before = weights.updates
     layer = viewer.add_labels(labels, name="cells 2048")
-    weights._labels.value = layer
-    out["pick"] = _probe(lambda: weights.updates > before, at_least=0.4)
+    _settle()
+    docked: list = []
+    _measure(
+        out,
+        "open Weight map dock",
+        lambda: docked.append(viewer.window.add_plugin_dock_widget(PLUGIN, "Weight map")[1]),
+    )
+    weights = docked[0]
+    _settle()
+    before = weights.updates
+    _measure(
+        out,
+        "pick",
+        lambda: setattr(weights._labels, "value", layer),
+        until=lambda: weights.updates > before and not _busy(weights),
+    )
     if name == "paint":
+        viewer.layers.selection.active = layer
+        _settle()
         before = weights.updates
         for stroke in range(3):
-            layer.paint((500 + 40 * stroke, 500), int(labels.max()) + 1 + stroke)
-            out[f"stroke {stroke + 1}"] = _probe(lambda: True, at_least=0.1)
-        out["preview after strokes"] = _probe(
-            lambda: weights.updates > before and not _busy(weights), at_least=0.4
+            value = int(labels.max()) + 1 + stroke
+            _measure(
+                out,
+                f"stroke {stroke + 1}",
+                lambda value=value, stroke=stroke: layer.paint((500 + 40 * stroke, 500), value),
+                at_least=0.1,
+            )
+        _measure(
+            out,
+            "preview after strokes",
+            None,
+            until=lambda: weights.updates > before and not _busy(weights),
         )
 
 
-def _predict(viewer, quick: bool, out: dict[str, float]) -> None:
+def _predict(viewer, name: str, quick: bool, out: dict[str, float]) -> None:
     """Open Predict (its warm-up) and run a first prediction."""
     from napari_unet._sample_data import synthetic_cells
 
     image, _ = synthetic_cells((256, 256) if quick else (512, 512), seed=2)
     layer = viewer.add_image(image, name="cells")
-    _, predict = viewer.window.add_plugin_dock_widget(PLUGIN, "Predict")
+    _settle()
+    docked: list = []
+    _measure(
+        out,
+        "open Predict dock",
+        lambda: docked.append(viewer.window.add_plugin_dock_widget(PLUGIN, "Predict")[1]),
+    )
+    predict = docked[0]
+    _measure(out, "Predict dock warm-up (background imports)", None, until=_ready(predict))
     predict._image.value = layer
     predict._device.value = "cpu"
-    out["Predict dock open (warm-up)"] = _probe(_warmed_up, at_least=0.5)
-    predict.start()
-    out["first predict"] = _probe(lambda: predict.worker is None, at_least=0.1)
+    _settle()
+    _measure(out, "first predict", predict.start, until=lambda: predict.worker is None)
 
 
-def _train(viewer, quick: bool, out: dict[str, float]) -> None:
+def _train(viewer, name: str, quick: bool, out: dict[str, float]) -> None:
     """Open Train (its warm-up), start training on the demo, train a while and stop."""
     import tempfile
 
@@ -140,7 +302,15 @@ def _train(viewer, quick: bool, out: dict[str, float]) -> None:
     for data, kwargs, kind in make_cells_2d():
         getattr(viewer, f"add_{kind}")(data, **kwargs)
     _, annotate = viewer.window.add_plugin_dock_widget(PLUGIN, "Annotate cells")
-    _, train = viewer.window.add_plugin_dock_widget(PLUGIN, "Train")
+    _settle()
+    docked: list = []
+    _measure(
+        out,
+        "open Train dock",
+        lambda: docked.append(viewer.window.add_plugin_dock_widget(PLUGIN, "Train")[1]),
+    )
+    train = docked[0]
+    _measure(out, "Train dock warm-up (background imports)", None, until=_ready(train))
     annotate._image.value = viewer.layers["synthetic cells"]
     annotate._labels.value = viewer.layers["synthetic cells ground truth"]
     annotate.add_to_training_set()
@@ -151,15 +321,13 @@ def _train(viewer, quick: bool, out: dict[str, float]) -> None:
     train._iterations.value = 1_000_000
     train._device.value = "cpu"
     train._out_dir.value = Path(tempfile.mkdtemp(prefix="bench-gui-"))
-    out["Train dock open (warm-up)"] = _probe(_warmed_up, at_least=0.5)
-    train.start()
-    out["training start"] = _probe(lambda: len(train._losses) >= 1)
-    out["training"] = _probe(lambda: True, at_least=1.0 if quick else 3.0)
-    train.stop()
-    out["training stop"] = _probe(lambda: train.worker is None)
+    _settle()
+    _measure(out, "training start", train.start, until=lambda: len(train._losses) >= 1)
+    _measure(out, "training", None, at_least=1.0 if quick else 3.0)
+    _measure(out, "training stop", train.stop, until=lambda: train.worker is None)
 
 
-def _result(viewer, quick: bool, out: dict[str, float]) -> None:
+def _result(viewer, name: str, quick: bool, out: dict[str, float]) -> None:
     """Add a large labels result layer as Predict does when a run returns."""
     import numpy as np
 
@@ -168,9 +336,24 @@ def _result(viewer, quick: bool, out: dict[str, float]) -> None:
     _, predict = viewer.window.add_plugin_dock_widget(PLUGIN, "Predict")
     predict._job = {"image": image, "axis": None, "probabilities": False}
     predict._started = time.perf_counter()
-    _probe(lambda: True, at_least=0.5)
-    predict._on_returned((labels.astype(np.uint32), None))
-    out["add result layer"] = _probe(lambda: True, at_least=1.0)
+    # A first Labels layer (napari's one-off set-up is measured in "first predict").
+    viewer.add_labels(labels[:64, :64], name="first")
+    _settle()
+    result = labels.astype(np.uint32)
+    try:  # what the worker returns (uint16 when the ids fit), in versions that compact
+        from napari_unet._widgets._layers import compact_labels
+
+        result = compact_labels(result)
+    except ImportError:
+        pass
+    _measure(out, "add result layer", lambda: predict._on_returned((result, None)), at_least=1.0)
+
+
+def _loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
 
 
 def _warmed_up() -> bool:
@@ -180,6 +363,11 @@ def _warmed_up() -> bool:
     except ImportError:
         return True
     return not any(thread.is_alive() for thread in _started.values())
+
+
+def _ready(widget):
+    """until(): the dock's warm-up thread is done and the dock filled in what needed it."""
+    return lambda: _warmed_up() and getattr(widget, "_ready", True)
 
 
 def _busy(widget) -> bool:
@@ -192,7 +380,8 @@ def run(quick: bool = False) -> list:
     if sys.platform.startswith("linux") and not os.environ.get("DISPLAY"):
         print("bench_gui: no display (run under xvfb-run -a); skipped", file=sys.stderr)
         return []
-    rows: list[Row] = []
+    results: dict[str, float] = {}
+    idle: dict[str, float] = {}
     for name in SCENARIOS:
         command = [sys.executable, __file__, "--scenario", name] + (["--quick"] if quick else [])
         done = subprocess.run(command, capture_output=True, text=True, timeout=900)
@@ -201,19 +390,28 @@ def run(quick: bool = False) -> list:
             print(f"bench_gui {name}: failed\n{done.stderr[-2000:]}", file=sys.stderr)
             continue
         result = json.loads(lines[-1])
-        idle = result.pop("idle")
+        idle[name] = result.pop("idle")
         for part, value in result.items():
-            rows.append(
-                Row(
-                    name=f"GUI stall, {part}",
-                    baseline="viewer idle",
-                    baseline_value=1000 * idle,
-                    ours_value=1000 * value,
-                    unit="ms",
-                    ratio=idle / value if value > 0 else float("inf"),
-                    goal="< 100 ms",
-                )
+            results[part] = value
+            idle[part] = idle[name]
+    print(f"bench_gui: load average {_loadavg()}", file=sys.stderr)
+    rows: list[Row] = []
+    for part, value in results.items():
+        base = BASELINE_OF.get(part)
+        if base not in results:
+            base = None
+        reference = results[base] if base else idle[part]
+        rows.append(
+            Row(
+                name=f"GUI stall, {part}",
+                baseline="viewer idle" if base is None else base.replace("napari alone: ", ""),
+                baseline_value=1000 * reference,
+                ours_value=1000 * value,
+                unit="ms",
+                ratio=reference / value if value > 0 else float("inf"),
+                goal="-" if part.startswith("napari alone") else "< 100 ms",
             )
+        )
     return rows
 
 

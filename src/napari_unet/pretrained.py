@@ -31,11 +31,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
-
-from ._modelfile import load_model
+if TYPE_CHECKING:
+    # Not at run time: the Predict dock lists the bundled models without importing PyTorch.
+    from torch import nn
 
 __all__ = [
     "PRETRAINED_DIR",
@@ -145,6 +145,8 @@ def load_pretrained(name: str, *, device: str | None = "cpu") -> tuple[nn.Module
     >>> predict_tiled(model, data).shape
     (3, 64, 64)
     """
+    from ._modelfile import load_model
+
     return load_model(pretrained_path(name), device=device)
 
 

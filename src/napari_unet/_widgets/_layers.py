@@ -19,6 +19,7 @@ __all__ = [
     "RGB",
     "channel_axis_choices",
     "colour_for_model",
+    "compact_labels",
     "connect_while_alive",
     "current_plane",
     "elide",
@@ -126,6 +127,21 @@ def colour_for_model(data: Any, choice: Any, channels: int) -> tuple[Any, int | 
         return colour[..., 0], None
     weights = np.array([0.299, 0.587, 0.114], dtype=np.float32)
     return (colour * weights).sum(axis=-1, dtype=np.float32), None
+
+
+def compact_labels(labels: np.ndarray) -> np.ndarray:
+    """``labels`` as uint16 when every id fits, else unchanged.
+
+    napari re-maps labels wider than 16 bits for its texture on the GUI
+    thread (a pass over every pixel whenever the layer is drawn anew: about
+    0.2 s of a 2048 x 2048 result under load); uint16 is used as it is.
+    Called in the worker, so the GUI thread only adds the layer.
+    """
+    if labels.dtype.kind not in "ui" or labels.dtype.itemsize <= 2 or labels.size == 0:
+        return labels
+    if labels.min() < 0 or labels.max() >= 2**16:
+        return labels
+    return labels.astype(np.uint16)
 
 
 def result_name(image_name: str, what: str = "cells (predicted)") -> str:

@@ -7,6 +7,12 @@ GUI stalled for up to a second after Start or Predict even though the work
 ran in a worker thread. Opening the Train or Predict dock starts the same
 imports (and one tiny step) in a background thread, once per process.
 
+The docks themselves do not import PyTorch while they are built (that
+stalled the GUI for 2.5-3.5 s when the Predict or Train dock opened in a
+fresh napari): what needs it (the device list, the architectures, the model
+file's details) is filled in by :func:`when_ready` once the warm-up has
+imported it, or at once when it is imported already.
+
 Afterwards the heap is frozen (:func:`gc.freeze`): napari runs a full
 ``gc.collect()`` whenever a layer is added, and with PyTorch's compiler stack
 imported that took over 2 s on 2 cores, after every Predict. Frozen objects
@@ -17,9 +23,15 @@ from __future__ import annotations
 
 import gc
 import importlib
+import sys
 import threading
+from collections.abc import Callable
+from typing import Any
 
-__all__ = ["freeze_heap", "warm_up"]
+__all__ = ["freeze_heap", "is_ready", "warm_up", "when_ready"]
+
+#: How often a dock looks whether its warm-up is done (ms).
+POLL_MS = 50
 
 _started: dict[str, threading.Thread] = {}
 _lock = threading.Lock()
@@ -35,13 +47,25 @@ def _train_step() -> None:
     torch.optim.SGD(layer.parameters(), lr=0.01, momentum=0.9).step()
 
 
+#: The modules each dock uses on the GUI thread once they are imported (all import PyTorch).
+NEEDS = {
+    "train": ("napari_unet.devices", "napari_unet.models", "napari_unet.models.registry"),
+    # io.models reads a model file's metadata; export: it also recognises bioimage.io packages.
+    "predict": ("napari_unet.devices", "napari_unet.io.models", "napari_unet.export"),
+}
+
 _JOBS = {
     "train": (
-        ("napari_unet.training", "napari_unet.augment", "napari_unet.metrics"),
+        (*NEEDS["train"], "napari_unet.training", "napari_unet.augment", "napari_unet.metrics"),
         _train_step,
     ),
     "predict": (
-        ("napari_unet.segment", "napari_unet.postprocess", "skimage.segmentation"),
+        (
+            *NEEDS["predict"],
+            "napari_unet.segment",
+            "napari_unet.postprocess",
+            "skimage.segmentation",
+        ),
         # Inference imports torch._dynamo too (through the backends): the same step.
         _train_step,
     ),
@@ -73,3 +97,43 @@ def warm_up(kind: str) -> threading.Thread:
             _started[kind] = thread
             thread.start()
         return thread
+
+
+def _imported(name: str) -> bool:
+    """``name`` is imported completely (not half-way, by another thread)."""
+    module = sys.modules.get(name)
+    spec = getattr(module, "__spec__", None)
+    return module is not None and not getattr(spec, "_initializing", False)
+
+
+def is_ready(kind: str) -> bool:
+    """The modules the ``kind`` dock needs are imported: using them costs no import."""
+    return all(_imported(name) for name in NEEDS[kind])
+
+
+def when_ready(kind: str, callback: Callable[[], None], parent: Any) -> None:
+    """Call ``callback()`` on the GUI thread once :func:`is_ready` (at once if it is now).
+
+    Otherwise the warm-up imports them in the background and a timer owned
+    by ``parent`` (a QObject: the dock's widget; the check ends with it)
+    looks every :data:`POLL_MS`. If the warm-up thread ends without them
+    (an import failed), ``callback`` still runs: its own imports then raise
+    the error where the user sees it.
+    """
+    if is_ready(kind):
+        callback()
+        return
+    from qtpy.QtCore import QTimer
+
+    thread = warm_up(kind)
+    timer = QTimer(parent)
+    timer.setInterval(POLL_MS)
+
+    def check() -> None:
+        if is_ready(kind) or not thread.is_alive():
+            timer.stop()
+            timer.deleteLater()
+            callback()
+
+    timer.timeout.connect(check)
+    timer.start()

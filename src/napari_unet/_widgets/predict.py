@@ -29,6 +29,7 @@ from ._layers import (
     GREY,
     RGB,
     colour_for_model,
+    compact_labels,
     elide,
     layers_of,
     model_channel_choices,
@@ -44,7 +45,7 @@ from ._lifetime import JobError, report_error, watch_close
 from ._model_text import describe_model, technical_details
 from ._session import session_for
 from ._ui import ScrollDock, format_seconds
-from ._warmup import freeze_heap, warm_up
+from ._warmup import freeze_heap, warm_up, when_ready
 
 if TYPE_CHECKING:
     import napari
@@ -169,7 +170,7 @@ def layer_job(
 
         yield Progress(0, 1, "linking planes")
         labels = link_planes(labels, axis=0).astype(np.uint32, copy=False)
-    return labels, probs
+    return compact_labels(labels), probs
 
 
 class PredictWidget(ScrollDock):
@@ -182,9 +183,9 @@ class PredictWidget(ScrollDock):
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__()
-        from ..devices import available_devices
-
         warm_up("predict")  # first-use imports in the background (see _warmup)
+        #: PyTorch and the model-file reader are imported (see _warmup.when_ready).
+        self._ready = False
 
         self._viewer = viewer
         self._session = session_for(viewer)
@@ -217,7 +218,8 @@ class PredictWidget(ScrollDock):
             "One id per cell through the stack, by overlap between neighbouring planes "
             "(linking.link_planes). Leave it off when the leading axis is time."
         )
-        self._device = ComboBox(label="device", choices=["auto", *available_devices()])
+        # The GPUs are listed once PyTorch is imported (_on_ready); the CPU is always there.
+        self._device = ComboBox(label="device", choices=["auto", "cpu"])
         self._run = PushButton(text="Predict")
         self._cancel = PushButton(text="Cancel", enabled=False)
         self._progress = ProgressBar(value=0, min=0, max=1000, label="progress")
@@ -252,6 +254,21 @@ class PredictWidget(ScrollDock):
         self._watcher = watch_close(self.native, self.cancel, self._on_destroyed)
         self._on_model_changed()
         self._on_image_changed()
+        when_ready("predict", self._on_ready, self.native)
+
+    def _on_ready(self) -> None:
+        """PyTorch is imported: list the devices and read the chosen model file."""
+        if not self._alive:
+            return
+        from ..devices import available_devices
+
+        self._ready = True
+        value = self._device.value
+        self._device.choices = ["auto", *available_devices()]
+        if value in self._device.choices:
+            self._device.value = value
+        self._on_model_changed()
+        self._on_image_changed()
 
     # -- choices -------------------------------------------------------------------------------
 
@@ -274,6 +291,8 @@ class PredictWidget(ScrollDock):
     def _channel_choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
         image = self._image.value if hasattr(self, "_image") else None
         path = self.model_path() if hasattr(self, "_model_file") else None
+        if not getattr(self, "_ready", False):
+            path = None  # reading the model file imports PyTorch: after the warm-up
         return model_channel_choices(image, None if path is None else _model_channels(path))
 
     def _on_layers_changed(self, event: Any = None) -> None:
@@ -308,6 +327,8 @@ class PredictWidget(ScrollDock):
         path = self.model_path()
         if path is None:
             self._model_info.value = ""
+        elif not self._ready:
+            self._model_info.value = "reading the model ..."
         else:
             meta, error = _read_model_metadata(path)
             self._model_info.value = (

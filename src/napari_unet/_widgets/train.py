@@ -10,7 +10,6 @@ the model is listed in the Predict widget right away.
 from __future__ import annotations
 
 import datetime as _dt
-import inspect
 import threading
 import time
 from collections.abc import Callable, Generator
@@ -33,6 +32,7 @@ from napari.qt.threading import GeneratorWorker, thread_worker
 from napari.utils.notifications import show_error, show_info
 
 from ..progress import Progress
+from ._choices import architectures, build_model, device_choices
 from ._layers import elide
 from ._lifetime import JobError, report_error, watch_close
 from ._plot import LinePlot
@@ -45,7 +45,7 @@ from ._presets import (
 )
 from ._session import TrainedModel, session_for
 from ._ui import ScrollDock, format_seconds
-from ._warmup import warm_up
+from ._warmup import is_ready, warm_up, when_ready
 
 if TYPE_CHECKING:
     import napari
@@ -59,26 +59,6 @@ REDRAW_S = 0.1
 #: Seconds the dock waits, when it is closed mid-run, for the engine to save and stop.
 CLOSE_WAIT_S = 10.0
 DEFAULT_OUT = Path.home() / "napari-unet-models"
-
-
-def _architectures() -> dict[str, type]:
-    """Display name -> model class, for the architectures model files can store."""
-    from .. import models
-    from ..models.registry import ARCHITECTURES
-
-    found = {"U-Net": models.UNet}
-    plus = getattr(models, "UNetPlusPlus", None)
-    # Offered only once model files can store it (registered), or training could not save.
-    if plus is not None and plus in ARCHITECTURES.values():
-        found["U-Net++"] = plus
-    return found
-
-
-def build_model(architecture: str, **arguments: Any) -> Any:
-    """Build an architecture, passing only the arguments its constructor takes."""
-    cls = _architectures()[architecture]
-    accepted = inspect.signature(cls).parameters
-    return cls(**{k: v for k, v in arguments.items() if k in accepted})
 
 
 def train_job(
@@ -163,6 +143,10 @@ class TrainWidget(ScrollDock):
         # The engine's first-use imports, in the background while the user reads the dock
         # (see _warmup: in the worker after Start they stalled the GUI for up to 1 s).
         warm_up("train")
+        #: PyTorch is imported: the architectures, devices and tile checks can be shown
+        #: (until then the dock is built without them; see _warmup.when_ready).
+        self._ready = is_ready("train")
+        self._preset_chosen = False
         self._viewer = viewer
         self._session = session_for(viewer)
         # Shared with the destroy handler, which must not read attributes of this object
@@ -192,6 +176,23 @@ class TrainWidget(ScrollDock):
         self._update_weights_info()
         self.apply_preset()
         self._update_tile_info()
+        if not self._ready:
+            when_ready("train", self._on_ready, self.native)
+
+    def _on_ready(self) -> None:
+        """PyTorch is imported: offer every architecture and device, the GPU preset on CUDA."""
+        if not self._alive:
+            return
+        self._ready = True
+        self._arch.choices = list(architectures())
+        device = self._device.value
+        self._device.choices = device_choices()
+        if device in self._device.choices:
+            self._device.value = device
+        if not self._preset_chosen and self._preset.value != default_preset():
+            self._preset.value = default_preset()  # applies it
+        self._update_tile_info()
+        self._update_estimate()
 
     # -- construction --------------------------------------------------------------------------
 
@@ -199,7 +200,8 @@ class TrainWidget(ScrollDock):
         """The training-set and network fields."""
         self._set_info = Label(value="")
         self._val_percent = SpinBox(label="validation planes (%)", min=0, max=50, value=0)
-        self._arch = ComboBox(label="architecture", choices=list(_architectures()))
+        names = list(architectures()) if self._ready else ["U-Net"]
+        self._arch = ComboBox(label="architecture", choices=names)
         self._depth = SpinBox(label="depth", min=1, max=6, value=4)
         self._base = SpinBox(label="base channels", min=1, max=256, value=32)
         self._padding = ComboBox(label="padding", choices=["valid", "same"], value="valid")
@@ -207,8 +209,6 @@ class TrainWidget(ScrollDock):
 
     def _build_training_fields(self) -> None:
         """The training fields: tile, iterations, optimiser, device, preset and output."""
-        from ..devices import available_devices, describe_device, select_device
-
         self._tile = SpinBox(label="tile size (0 = auto)", min=0, max=2048, value=0)
         self._tile_info = Label(value="")
         self._iterations = SpinBox(label="iterations", min=1, max=1_000_000, value=1000)
@@ -219,14 +219,14 @@ class TrainWidget(ScrollDock):
         )
         self._lr = FloatSpinBox(label="learning rate", min=1e-6, max=1.0, step=0.001, value=0.01)
         self._lr.native.setDecimals(6)
-        devices = [("auto (best available)", "auto")] + [
-            (describe_device(select_device(name)), name) for name in available_devices()
-        ]
+        devices = device_choices() if self._ready else [("auto (best available)", "auto")]
+        if not self._ready:
+            devices.append(("CPU", "cpu"))  # GPUs are listed once PyTorch is imported
         self._device = ComboBox(label="device", choices=devices, value="auto")
         self._preset = ComboBox(
             label="preset",
             choices=[(PRESET_TEXT[name], name) for name in PRESET_TEXT],
-            value=default_preset(),
+            value=default_preset() if self._ready else "cpu",
         )
         self._estimate = Label(value="")
         self._weights_info = Label(value="")
@@ -288,6 +288,7 @@ class TrainWidget(ScrollDock):
         self._finetune.changed.connect(self._on_finetune_changed)
         self._optimizer.changed.connect(self._on_optimizer_changed)
         self._preset.changed.connect(self.apply_preset)
+        self._preset.changed.connect(self._on_preset_chosen)
         for widget in (self._depth, self._base, self._tile, self._iterations, self._device):
             widget.changed.connect(self._update_estimate)
         for widget in (self._arch, self._depth, self._padding, self._tile):
@@ -320,6 +321,10 @@ class TrainWidget(ScrollDock):
             widget.enabled = not fine
         self._update_tile_info()
 
+    def _on_preset_chosen(self, *_: Any) -> None:
+        if not self._ready:
+            self._preset_chosen = True  # the user's choice: kept when PyTorch is ready
+
     def apply_preset(self, *_: Any) -> None:
         """Fill the network and training fields from the chosen preset."""
         values = preset_values(self._preset.value)
@@ -339,7 +344,8 @@ class TrainWidget(ScrollDock):
             tile=tile,
             base_channels=int(self._base.value),
             depth=int(self._depth.value),
-            gpu=self._device.value == "cuda" or (self._device.value == "auto" and has_cuda()),
+            gpu=self._device.value == "cuda"
+            or (self._device.value == "auto" and self._ready and has_cuda()),
         )
         where = "on the GPU" if seconds.gpu else "on this CPU"
         self._estimate.value = (
@@ -386,6 +392,9 @@ class TrainWidget(ScrollDock):
             return
         if not self._tile.value:
             self._tile_info.value = "tile: automatic (572 px for the paper's network)"
+            return
+        if not self._ready:
+            self._tile_info.value = "checking the tile size ..."
             return
         model = self._shape_model()
         tile = self.valid_tile()

@@ -182,9 +182,10 @@ class WeightMapWidget(ScrollDock):
         if self.worker is not None and not block:
             self._pending = True  # started again, with fresh data, when this one returns
             return None
-        # Copied here, on the GUI thread: painting may change the layer while the worker reads.
+        # Read (copied) in the worker, not here: a paint stroke during the copy bumps the
+        # generation (_on_edit), so a torn read is never shown: its result is dropped.
         plane = current_plane(self._viewer, layer)
-        labels = np.array(layer.data[plane] if plane else layer.data)
+        data = layer.data
         request = {
             "layer": layer,
             "plane": plane,
@@ -199,14 +200,14 @@ class WeightMapWidget(ScrollDock):
         }
         if block:
             try:
-                self._on_computed(request, _compute(labels, **settings), defer=False)
+                self._on_computed(request, _compute(data, plane, **settings), defer=False)
             except ValueError as err:
                 self._on_error(err)
             return None
         from napari.qt import thread_worker
 
         worker = thread_worker(_compute, start_thread=False, connect={"errored": self._on_error})(
-            labels, **settings
+            data, plane, **settings
         )
         worker.returned.connect(lambda result: self._on_computed(request, result))
         worker.finished.connect(self._on_finished)
@@ -319,9 +320,16 @@ class WeightMapWidget(ScrollDock):
 
 
 def _compute(
-    labels: np.ndarray, *, w0: float, sigma: float, class_weights: str | None, borders: bool
+    data: Any,
+    plane: tuple[int, ...],
+    *,
+    w0: float,
+    sigma: float,
+    class_weights: str | None,
+    borders: bool,
 ) -> dict[str, Any]:
-    """The worker's part: weight map, borders and the numbers the dock shows."""
+    """The worker's part: read the plane, then weight map, borders and the dock's numbers."""
+    labels = np.array(data[plane] if plane else data)
     weights = weight_map(labels, w0=w0, sigma=sigma, class_weights=class_weights)
     return {
         "weights": weights,

@@ -1,0 +1,134 @@
+"""What keeps the GUI thread free: imports, reads and pixel passes happen elsewhere.
+
+The stalls themselves are measured in ``benchmarks/bench_gui.py`` (never timed
+here); these tests check the behaviour that removed them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from napari_unet._widgets._layers import compact_labels
+
+
+def test_compact_labels_uses_uint16_only_when_every_id_fits():
+    labels = np.array([[0, 1], [65535, 7]], np.uint32)
+    small = compact_labels(labels)
+    assert small.dtype == np.uint16
+    np.testing.assert_array_equal(small, labels)
+    wide = np.array([[0, 65536]], np.uint32)
+    assert compact_labels(wide) is wide
+    negative = np.array([[-1, 3]], np.int64)
+    assert compact_labels(negative) is negative
+    already = np.array([[1, 2]], np.uint8)
+    assert compact_labels(already) is already
+    assert compact_labels(np.zeros((0, 3), np.uint32)).dtype == np.uint32
+
+
+# Run in a fresh interpreter: in the test process PyTorch is imported already.
+_FRESH_DOCKS = textwrap.dedent(
+    """
+    import json, sys, threading, time
+
+    main_thread_imports = []
+
+    class Watch:
+        def find_spec(self, name, path=None, target=None):
+            if name == "torch" and threading.current_thread() is threading.main_thread():
+                main_thread_imports.append(name)
+            return None
+
+    sys.meta_path.insert(0, Watch())
+    import napari
+    from qtpy.QtWidgets import QApplication
+
+    viewer = napari.Viewer(show=False)
+    _, predict = viewer.window.add_plugin_dock_widget("napari-unet-cells", "Predict")
+    _, train = viewer.window.add_plugin_dock_widget("napari-unet-cells", "Train")
+    out = {
+        "built_without_torch": not main_thread_imports,
+        "ready_at_once": [predict._ready, train._ready],
+        "devices_before": list(predict._device.choices),
+        "model_info_before": predict._model_info.value,
+    }
+    deadline = time.monotonic() + 240
+    while not (predict._ready and train._ready) and time.monotonic() < deadline:
+        QApplication.processEvents()
+        time.sleep(0.02)
+    from napari_unet.devices import available_devices
+
+    out.update(
+        ready=[predict._ready, train._ready],
+        devices_after=list(predict._device.choices),
+        expected_devices=["auto", *available_devices()],
+        train_devices=list(train._device.choices),
+        model_info_after=predict._model_info.value,
+        tile_info=train._tile_info.value,
+    )
+    viewer.close()
+    print(json.dumps(out))
+    """
+)
+
+
+@pytest.mark.gui
+@pytest.mark.slow
+def test_predict_and_train_docks_open_without_importing_pytorch():
+    pytest.importorskip("napari")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    done = subprocess.run(
+        [sys.executable, "-c", _FRESH_DOCKS],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    assert done.returncode == 0 and lines, done.stderr[-3000:]
+    out = json.loads(lines[-1])
+    # Built at once, PyTorch imported by the warm-up thread only.
+    assert out["built_without_torch"]
+    assert out["ready_at_once"] == [False, False]
+    assert out["devices_before"] == ["auto", "cpu"]
+    assert out["model_info_before"] == "reading the model ..."
+    # Filled in on the GUI thread once the warm-up is done.
+    assert out["ready"] == [True, True]
+    assert out["devices_after"] == out["expected_devices"]
+    assert out["train_devices"] == out["expected_devices"]
+    assert "nuclei" in out["model_info_after"] or "cells" in out["model_info_after"]
+    assert out["tile_info"].startswith("valid tile 124 px")
+
+
+@pytest.mark.gui
+def test_weight_map_drops_a_preview_painted_over_in_place(make_napari_viewer, qtbot):
+    """napari paints into the array itself: a stroke during the computation is not shown stale."""
+    pytest.importorskip("napari")
+    from napari_unet._sample_data import synthetic_cells
+    from napari_unet.weights import weight_map
+
+    viewer = make_napari_viewer()
+    _, labels = synthetic_cells((96, 96), seed=3)
+    layer = viewer.add_labels(labels.astype(np.int32), name="cells")
+    _, weights = viewer.window.add_plugin_dock_widget("napari-unet-cells", "Weight map")
+    weights._labels.value = layer
+    qtbot.waitUntil(lambda: weights.updates == 1, timeout=60_000)
+    qtbot.waitUntil(lambda: weights.worker is None, timeout=60_000)
+
+    assert weights.update_preview() is not None  # reads the plane in the worker
+    layer.paint((48, 48), 0)  # in place, while it runs (or just after)
+    qtbot.waitUntil(lambda: weights.updates == 2, timeout=60_000)
+    qtbot.waitUntil(lambda: weights.worker is None, timeout=60_000)
+    qtbot.wait(400)
+    assert weights.updates == 2
+    assert layer.data[48, 48] == 0
+    np.testing.assert_allclose(
+        viewer.layers["cells weight map"].data, weight_map(np.asarray(layer.data)), rtol=1e-6
+    )
