@@ -62,7 +62,12 @@ _FRESH_DOCKS = textwrap.dedent(
     while not (predict._ready and train._ready) and time.monotonic() < deadline:
         QApplication.processEvents()
         time.sleep(0.02)
+    from napari_unet._widgets import _warmup
     from napari_unet.devices import available_devices
+    from vispy.visuals.line.dash_atlas import _make_pattern
+
+    for thread in _warmup._started.values():
+        thread.join(240)
 
     out.update(
         ready=[predict._ready, train._ready],
@@ -71,6 +76,8 @@ _FRESH_DOCKS = textwrap.dedent(
         train_devices=list(train._device.choices),
         model_info_after=predict._model_info.value,
         tile_info=train._tile_info.value,
+        # No Labels layer yet: only the warm-up can have drawn napari's line patterns.
+        dash_patterns=_make_pattern.cache_info().currsize,
     )
     viewer.close()
     print(json.dumps(out))
@@ -105,6 +112,8 @@ def test_predict_and_train_docks_open_without_importing_pytorch():
     assert out["train_devices"] == out["expected_devices"]
     assert "nuclei" in out["model_info_after"] or "cells" in out["model_info_after"]
     assert out["tile_info"].startswith("valid tile 124 px")
+    # The first result layer's one-off vispy work, done by the Predict warm-up.
+    assert out["dash_patterns"] > 0
 
 
 @pytest.mark.gui

@@ -54,6 +54,24 @@ NEEDS = {
     "predict": ("napari_unet.devices", "napari_unet.io.models", "napari_unet.export"),
 }
 
+
+def _labels_layer_patterns() -> None:
+    """napari's first Labels layer draws vispy's line dash patterns (a cached Python loop).
+
+    0.3-0.5 s of the first Predict's result layer under load, on the GUI
+    thread; computed here they are cached for it (``functools.lru_cache``).
+    """
+    from vispy.visuals.line.dash_atlas import DashAtlas
+
+    DashAtlas()
+
+
+def _predict_step() -> None:
+    # Inference imports torch._dynamo too (through the backends): the training step.
+    _train_step()
+    _labels_layer_patterns()
+
+
 _JOBS = {
     "train": (
         (*NEEDS["train"], "napari_unet.training", "napari_unet.augment", "napari_unet.metrics"),
@@ -66,8 +84,7 @@ _JOBS = {
             "napari_unet.postprocess",
             "skimage.segmentation",
         ),
-        # Inference imports torch._dynamo too (through the backends): the same step.
-        _train_step,
+        _predict_step,
     ),
 }
 
