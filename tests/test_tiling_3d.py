@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from napari_unet.errors import RedundantComputeWarning
 from napari_unet.models import UNet, UNetPlusPlus
 from napari_unet.tiling import _mirror_pad, choose_tile_shape, predict_tiled
 
@@ -102,3 +103,25 @@ def test_tile_chooser_gives_valid_3d_tiles_and_larger_planes_for_thin_stacks():
 def test_a_2d_image_for_a_3d_model_is_a_clear_error():
     with pytest.raises(ValueError, match=r"\(Z, Y, X\).*3D model"):
         predict_tiled(_net("valid"), np.zeros((32, 32), np.float32))
+
+
+@pytest.mark.parametrize(
+    ("padding", "depth", "shape"), [("valid", 2, (2, 40, 56, 60)), ("same", 1, (1, 48, 48, 52))]
+)
+def test_chunked_3d_prediction_equals_the_in_memory_prediction(padding, depth, shape):
+    da = pytest.importorskip("dask.array")
+    from napari_unet.tiling import predict_dask
+
+    torch.manual_seed(3)
+    net = UNet(depth=depth, base_channels=2, padding=padding, spatial_dims=3, spacing=ANISO)
+    net = net.eval()
+    volume = np.random.default_rng(3).random(shape).astype(np.float32)  # (T, Z, Y, X)
+    with pytest.warns(RedundantComputeWarning):  # tiny chunks, to have several per axis
+        lazy = predict_dask(net, da.from_array(volume, chunks=(1, 8, 16, 16)), device="cpu")
+    # Chunked along every spatial axis, each chunk with its own halo per axis.
+    assert all(len(c) >= 2 for c in lazy.chunks[-3:]), lazy.chunks
+    result = lazy.compute()
+    assert result.shape == (net.num_classes, *volume.shape)
+    for t in range(shape[0]):
+        expected = predict_tiled(net, volume[t], device="cpu")
+        np.testing.assert_allclose(result[:, t], expected, atol=1e-4)

@@ -145,7 +145,7 @@ def _add_chunked(parser: argparse.ArgumentParser) -> None:
         "--chunks",
         metavar="N[,N]",
         help="spatial chunk side(s) in pixels for prediction (default: the input's chunks, "
-        "clamped to 256-2048; 512 for TIFF)",
+        "clamped to 256-2048; 512 for TIFF); Z,Y,X for 3D models (default Z: 32-256)",
     )
     chunked.add_argument(
         "--scheduler",
@@ -279,6 +279,8 @@ def _link_note(info: dict, shape: tuple[int, ...], axes: str | None) -> str:
     """Which axis was taken as Z and linked into 3D objects (stacks only)."""
     if len(shape) < 3:
         return ""
+    if info.get("spatial_dims") == 3:
+        return "; segmented as a volume (3D model)"
     z = info.get("linked_axis")
     names = (axes or info.get("axes") or "").upper().replace("C", "")
     if z is None:
@@ -377,17 +379,19 @@ def _chunked_inputs(items: Sequence[str]) -> list[Path]:
     return inputs
 
 
-def _parse_chunks(text: str | None) -> tuple[int, int] | None:
+def _parse_chunks(text: str | None) -> tuple[int, ...] | None:
     if text is None:
         return None
     try:
         sizes = [int(part) for part in text.split(",")]
     except ValueError:
         sizes = []
-    if len(sizes) not in (1, 2) or min(sizes) < 1:
+    if len(sizes) not in (1, 2, 3) or min(sizes) < 1:
         raise CommandError(
-            f"--chunks must be N or N,N (positive pixels), got {text!r}", code=EXIT_USAGE
+            f"--chunks must be N, N,N or Z,N,N (positive pixels), got {text!r}", code=EXIT_USAGE
         )
+    if len(sizes) == 3:  # (Z, Y, X), for 3D models
+        return tuple(sizes)
     return (sizes[0], sizes[-1])
 
 

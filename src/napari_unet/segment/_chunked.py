@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import shutil
 import tempfile
@@ -18,7 +19,6 @@ from ._config import (
     SegmentConfig,
     _axes_channel_axis,
     _predict_kwargs,
-    _require_2d,
     _setup,
 )
 from ._link_chunked import chunked_z_axis, link_lookup, relabel_in_place
@@ -77,28 +77,44 @@ def _store(array: Any, target: Any, what: str, progress: Callable | None) -> Non
 
 
 def _chunked_input(
-    image: Any, net: nn.Module, channel_axis: int | None, chunks: tuple[int, int] | None
+    image: Any, net: nn.Module, channel_axis: int | None, chunks: tuple[int, ...] | None
 ) -> tuple[Any, int | None, list[str], list[float]]:
     """A chunked image arranged for prediction: data, channel axis, axis names, pixel sizes.
 
-    Channels go just before (Y, X); leading planes become one chunk each,
-    the channels one chunk, and (Y, X) chunks of ``chunks`` pixels (default:
-    the input's chunks clamped to 256-2048).
+    Channels go just before (Y, X), or before (Z, Y, X) for a 3D model;
+    leading planes become one chunk each, the channels one chunk, and (Y, X)
+    chunks of ``chunks`` pixels (default: the input's chunks clamped to
+    256-2048; Z chunks of a 3D model: clamped to 32-256, or ``chunks[0]`` of
+    three).
     """
+    nd = int(getattr(net, "spatial_dims", 2))
     data, axes, scale = image.data, list(image.axes), list(image.scale)
-    if data.ndim < 2 or not np.issubdtype(data.dtype, np.number):
-        raise ValueError(f"expected a numeric (..., Y, X) array, got {data}")
+    names = "(..., Y, X)" if nd == 2 else "(..., Z, Y, X)"
+    if data.ndim < nd or not np.issubdtype(data.dtype, np.number):
+        raise ValueError(f"expected a numeric {names} array, got {data}")
     axis = find_channel_axis(
         data.shape, net.in_channels, image.channel_axis if channel_axis is None else channel_axis
     )
     if axis is not None:
-        data = move_channels(data, axis)
-        for names in (axes, scale):
-            names.insert(data.ndim - 3, names.pop(axis))
-        axis = data.ndim - 3
-    leading = [a for a in range(data.ndim - 2) if a != axis]
-    spatial = (data.ndim - 2, data.ndim - 1)
-    sides = chunks or tuple(int(min(max(max(data.chunks[ax]), 256), 2048)) for ax in spatial)
+        if nd == 3:
+            import dask.array as da
+
+            data = da.moveaxis(da.asarray(data), axis, -4)
+        else:
+            data = move_channels(data, axis)
+        for names_or_sizes in (axes, scale):
+            names_or_sizes.insert(data.ndim - nd - 1, names_or_sizes.pop(axis))
+        axis = data.ndim - nd - 1
+    if data.ndim - (axis is not None) < nd:
+        raise ValueError(f"expected a {names} array for this {nd}D model, got shape {data.shape}")
+    leading = [a for a in range(data.ndim - nd) if a != axis]
+    spatial = tuple(range(data.ndim - nd, data.ndim))
+    sides = tuple(int(min(max(max(data.chunks[ax]), 256), 2048)) for ax in spatial[-2:])
+    if chunks is not None:
+        sides = tuple(chunks[-2:])
+    if nd == 3:
+        z = chunks[0] if chunks is not None and len(chunks) == 3 else None
+        sides = (z or int(min(max(max(data.chunks[spatial[0]]), 32), 256)), *sides)
     data = data.rechunk(
         {
             **{ax: 1 for ax in leading},
@@ -116,6 +132,21 @@ def _check_chunked(config: SegmentConfig, margin: int) -> None:
         )
     if margin < 1:
         raise ValueError(f"the labels margin must be >= 1, got {margin}")
+
+
+def _margins(net: nn.Module, margin: int) -> tuple[int, ...]:
+    """The labelling margin per spatial axis: ``margin`` pixels in (Y, X), as far in Z.
+
+    A 3D model's voxel spacing makes Z planes farther apart: the Z margin
+    spans the same distance, in planes (at least one).
+    """
+    spacing = getattr(net, "spacing", None)
+    if getattr(net, "spatial_dims", 2) != 3:
+        return (margin, margin)
+    if not spacing:
+        return (margin,) * 3
+    z = max(1, math.ceil(margin * min(spacing[1:]) / spacing[0]))
+    return (z, margin, margin)
 
 
 def _link_axis(config: SegmentConfig, axes: list[str]) -> int | None:
@@ -140,7 +171,7 @@ def segment_chunked(
     probabilities_path: str | os.PathLike | None = None,
     *,
     channel_axis: int | None = None,
-    chunks: tuple[int, int] | None = None,
+    chunks: tuple[int, ...] | None = None,
     margin: int = 64,
     config: SegmentConfig | None = None,
     normalization: Any = None,
@@ -165,17 +196,20 @@ def segment_chunked(
     channel_axis : int, optional
         Default: the OME-Zarr channel axis, else the rule of
         :func:`~napari_unet.axes.find_channel_axis`.
-    chunks : (int, int), optional
-        Spatial chunk sides for prediction; default: the input's chunks
-        clamped to 256-2048.
+    chunks : (int, int) or (int, int, int), optional
+        Spatial chunk sides for prediction, (Y, X) or, for a 3D model,
+        (Z, Y, X); default: the input's chunks clamped to 256-2048 (Z: 32-256).
     margin : int
         Context each chunk is labelled with; should exceed the largest cell.
+        For a 3D model, as far in Z as in (Y, X) by the model's voxel
+        spacing (``margin * y / z`` planes).
     progress : callable, optional
         Called with a description before each pass over the data; returns a
         context manager wrapped around that pass (e.g. a progress bar).
     info : dict, optional
         Filled with ``linked_axis`` (the labels' axis whose planes were
-        linked, or None) and ``axes`` (the labels' axis names).
+        linked, or None), ``axes`` (the labels' axis names) and
+        ``spatial_dims`` (3: volumes segmented in 3D by a 3D model).
 
     Returns
     -------
@@ -199,24 +233,26 @@ def segment_chunked(
     from ..tiling import predict_dask
 
     net, config, normalization = _setup(model, config, normalization)
-    _require_2d(net, "chunked segmentation")
+    nd = int(getattr(net, "spatial_dims", 2))
     source, labels_path = Path(source), Path(labels_path)
     _check_chunked(config, margin)
     channel_axis = _axes_channel_axis(config, channel_axis)
     data, axis, axes, scale = _chunked_input(open_chunked(source), net, channel_axis, chunks)
-    leading = [a for a in range(data.ndim - 2) if a != axis]
-    link_z = _link_axis(config, [axes[a] for a in (*leading, -2, -1)])
+    leading = [a for a in range(data.ndim - nd) if a != axis]
+    label_axes = [axes[a] for a in (*leading, *range(-nd, 0))]
+    # A 3D model segments volumes: nothing to link.
+    link_z = _link_axis(config, label_axes) if nd == 2 else None
     if info is not None:
-        info.update(linked_axis=link_z, axes=[axes[a] for a in (*leading, -2, -1)])
+        info.update(linked_axis=link_z, axes=label_axes, spatial_dims=nd)
+    kwargs = _predict_kwargs(config, backend=False)
+    if config.tile is not None:
+        kwargs["tile_shape"] = (config.tile,) * nd
     probs = predict_dask(
-        net,
-        normalization.apply_dask(data, channel_axis=axis),
-        channel_axis=axis,
-        **_predict_kwargs(config, backend=False),
+        net, normalization.apply_dask(data, channel_axis=axis), channel_axis=axis, **kwargs
     )
     lead_axes, lead_scale = [axes[a] for a in leading], [scale[a] for a in leading]
-    out_axes, out_scale = [*lead_axes, *axes[-2:]], [*lead_scale, *scale[-2:]]
-    block = (*(1,) * len(lead_axes), probs.chunks[-2][0], probs.chunks[-1][0])
+    out_axes, out_scale = label_axes, [*lead_scale, *scale[-nd:]]
+    block = (*(1,) * len(lead_axes), *(c[0] for c in probs.chunks[-nd:]))
     # Probabilities go to the output, or to a scratch store beside it: the
     # labels need them twice (the id lookup, then the labels themselves).
     # Both stores are written under temporary names and renamed when complete
@@ -251,8 +287,8 @@ def segment_chunked(
             stored = zarr.open_array(str(store_path / "0"), mode="r")
             labels = labels_dask(
                 stored,
-                margin=margin,
-                spatial_dims=2,
+                margin=_margins(net, margin),
+                spatial_dims=nd,
                 threshold=config.threshold,
                 compute_lookup=True,
                 **dict(config.postprocess or {}),

@@ -205,7 +205,7 @@ class Segmentation:
         What the run decided: ``diameter`` (pixels, None when not
         rescaled), ``factor`` (the zoom predicted at), ``estimated``,
         ``linked_axis`` (the Z axis of ``labels`` whose planes were linked
-        into 3D objects, or None).
+        into 3D objects, or None), ``spatial_dims`` (3 for a 3D model).
     """
 
     labels: np.ndarray
@@ -265,8 +265,8 @@ def load_segmenter(model: Any, *, level: int | None = None) -> tuple[nn.Module, 
 def _require_2d(net: nn.Module, where: str) -> None:
     if getattr(net, "spatial_dims", 2) != 2:
         raise ValueError(
-            f"{where} runs 2D models plane by plane; a 3D model segments in-memory volumes "
-            "(segment / iter_segment)"
+            f"{where} runs 2D models plane by plane; a 3D model segments volumes in memory "
+            "(segment / iter_segment) or chunk by chunk (segment_chunked)"
         )
 
 

@@ -120,7 +120,7 @@ def _segment_volume(
         probs, threshold=config.threshold, spatial_dims=3, **dict(config.postprocess or {})
     )
     yield Progress(1, 1, "labels")
-    info = {"diameter": None, "factor": 1.0}
+    info = {"diameter": None, "factor": 1.0, "spatial_dims": 3}
     return Segmentation(labels, probs if config.probabilities else None, config, info)
 
 

@@ -18,7 +18,7 @@ from ..inference import make_backend
 
 if TYPE_CHECKING:
     import dask.array
-from ._plan import _REDUNDANT_LIMIT, _round_up
+from ._plan import _REDUNDANT_LIMIT, _round_up, _spatial_dims
 from ._tiler import _mirror_pad, _Tiler
 
 
@@ -38,14 +38,15 @@ def predict_dask(
     Parameters
     ----------
     model : torch.nn.Module
-        A 2D model, as for :func:`predict_tiled`.
-    array : dask.array.Array or array-like, shape (..., Y, X)
+        A 2D or 3D model, as for :func:`predict_tiled`.
+    array : dask.array.Array or array-like, shape (..., Y, X) or (..., Z, Y, X)
         Chunked data (for example from Zarr) or anything ``dask.array.asarray``
-        accepts. Planes are the last two axes; leading axes (Z, T, ...) keep
-        their chunks.
+        accepts. A 2D model predicts planes (the last two axes) and a 3D
+        model volumes (the last three, chunked and overlapped along each);
+        leading axes (Z, T, ...) keep their chunks.
     channel_axis : int, optional
-        Axis holding ``model.in_channels`` channels (anywhere; the planes are
-        the last two other axes); ``None`` for one channel.
+        Axis holding ``model.in_channels`` channels (anywhere; the planes or
+        volumes are the last two or three other axes); ``None`` for one channel.
     tile_shape, batch_size, device, backend, precision
         As for :func:`predict_tiled`, per chunk. ``device`` and the backend
         are resolved on the worker that computes the chunk.
@@ -53,6 +54,7 @@ def predict_dask(
     Returns
     -------
     probabilities : dask.array.Array of float32, shape (num_classes, ..., Y, X)
+        (``(num_classes, ..., Z, Y, X)`` for a 3D model).
         Nothing is computed until the result is (partly) computed or stored;
         each output chunk reads only its input chunk and a margin around it.
 
@@ -77,18 +79,20 @@ def predict_dask(
     arr = da.asarray(array)
     if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
         raise ValueError(f"`array` has dtype {arr.dtype}, expected integer or floating point")
-    arr = _channels_before_planes(arr, channel_axis, model)
+    nd = _spatial_dims(model)
+    arr = _channels_before_planes(arr, channel_axis, model, nd)
 
     margin = _Tiler.margin_of(model)
     d = model.divisor
     # A pixel's value can depend on up to 2**depth - 1 pixels past the margin
     # on its far side (through its bottleneck cell), so chunks take that much
-    # more real context.
+    # more real context (the largest divisor on every axis: a multiple of each).
     depth = tuple(m + d for m in margin)
-    spatial = (arr.ndim - 2, arr.ndim - 1)
+    spatial = tuple(range(arr.ndim - nd, arr.ndim))
+    c_axis = arr.ndim - nd - 1
     arr = arr.rechunk(
         {
-            arr.ndim - 3: -1,
+            c_axis: -1,
             **{
                 ax: _aligned_chunks(arr.shape[ax], max(arr.chunks[ax]), d, g + 1)
                 for ax, g in zip(spatial, depth, strict=True)
@@ -111,33 +115,34 @@ def predict_dask(
         device=device,
         backend=backend,
         precision=precision,
-        chunks=(*arr.chunks[:-3], (model.num_classes,), *arr.chunks[-2:]),
+        chunks=(*arr.chunks[:c_axis], (model.num_classes,), *arr.chunks[c_axis + 1 :]),
         dtype=np.float32,
         meta=np.empty((0,) * arr.ndim, dtype=np.float32),
     )
-    return da.moveaxis(out, -3, 0)
+    return da.moveaxis(out, c_axis, 0)
 
 
 def _channels_before_planes(
-    arr: dask.array.Array, channel_axis: int | None, model: nn.Module
+    arr: dask.array.Array, channel_axis: int | None, model: nn.Module, nd: int = 2
 ) -> dask.array.Array:
-    """Validate a Dask array and return it as (..., C, Y, X) with C = ``in_channels``."""
+    """Validate a Dask array; (..., C, Y, X), or (..., C, Z, Y, X) for ``nd`` 3."""
     import dask.array as da
 
+    names = "Y, X" if nd == 2 else "Z, Y, X"
     if channel_axis is None:
-        if arr.ndim < 2:
-            raise ValueError(f"`array` has shape {arr.shape}; expected (..., Y, X)")
-        arr = arr[..., np.newaxis, :, :]
+        if arr.ndim < nd:
+            raise ValueError(f"`array` has shape {arr.shape}; expected (..., {names})")
+        arr = da.expand_dims(arr, arr.ndim - nd)
     else:
-        if not -arr.ndim <= channel_axis < arr.ndim or arr.ndim < 3:
+        if not -arr.ndim <= channel_axis < arr.ndim or arr.ndim < nd + 1:
             raise ValueError(
                 f"`channel_axis` {channel_axis} is not an axis of an array of shape "
-                f"{arr.shape} with channels, Y and X"
+                f"{arr.shape} with channels, {names}"
             )
-        arr = da.moveaxis(arr, channel_axis, -3)
-    if arr.shape[-3] != model.in_channels:
+        arr = da.moveaxis(arr, channel_axis, -nd - 1)
+    if arr.shape[-nd - 1] != model.in_channels:
         raise ValueError(
-            f"`array` has {arr.shape[-3]} channel(s) along `channel_axis`, but the model "
+            f"`array` has {arr.shape[-nd - 1]} channel(s) along `channel_axis`, but the model "
             f"expects {model.in_channels}"
         )
     if 0 in arr.shape:
@@ -157,7 +162,7 @@ def _predict_block(
     block: np.ndarray,
     model: nn.Module,
     *,
-    margin: tuple[int, int],
+    margin: tuple[int, ...],
     extra: int,
     tile_shape: Sequence[int] | None,
     batch_size: int,
@@ -166,12 +171,13 @@ def _predict_block(
     precision: str = "fp32",
     block_info: dict | None = None,
 ) -> np.ndarray:
-    """Predict one overlapped chunk: (..., C, Y, X) with ``margin + extra`` context."""
+    """Predict one overlapped chunk: (..., C, *spatial) with ``margin + extra`` context."""
     info = block_info[0]
     location, count = info["chunk-location"], info["num-chunks"]
-    crop = [slice(None)] * (block.ndim - 2)
+    nd = len(margin)
+    crop = [slice(None)] * (block.ndim - nd)
     pads = []
-    for ax, m in zip((block.ndim - 2, block.ndim - 1), margin, strict=True):
+    for ax, m in zip(range(block.ndim - nd, block.ndim), margin, strict=True):
         first, last = location[ax] == 0, location[ax] == count[ax] - 1
         # Tiles start `margin` before the chunk: drop the rest of the leading
         # context. At the array's own borders Dask added none: mirror-pad there
@@ -179,7 +185,7 @@ def _predict_block(
         crop.append(slice(0 if first else extra, None))
         pads.append((m if first else 0, m + extra if last else 0))
     planes = block[tuple(crop)]
-    planes = planes.reshape(-1, *planes.shape[-3:]).astype(np.float32, copy=False)
+    planes = planes.reshape(-1, *planes.shape[-nd - 1 :]).astype(np.float32, copy=False)
     if not np.isfinite(planes).all():
         raise ValueError("a chunk of `array` contains NaN or infinite values")
     dev = select_device(device)
@@ -191,7 +197,9 @@ def _predict_block(
         tiler = _Tiler(model, interior, tile_shape, dev, None, run)
         events = tiler.predict(plane, batch_size=batch_size, with_margin=True, trailing=extra)
         results.append(_run_to_result(events))
-    return np.stack(results).reshape(*block.shape[:-3], model.num_classes, *results[0].shape[1:])
+    return np.stack(results).reshape(
+        *block.shape[: -nd - 1], model.num_classes, *results[0].shape[1:]
+    )
 
 
 def _warn_if_small_chunks(
@@ -205,11 +213,12 @@ def _warn_if_small_chunks(
     if factor <= _REDUNDANT_LIMIT:
         return
     # Chunks of this side keep the context below 2x the pixels they predict.
-    side = _round_up(math.ceil(2 * max(depth) / (math.sqrt(2) - 1)), divisor)
+    side = _round_up(math.ceil(2 * max(depth) / (2 ** (1 / len(sizes)) - 1)), divisor)
+    shape, wanted = "x".join(map(str, sizes)), "x".join([str(side)] * len(sizes))
     warnings.warn(
-        f"chunks of {sizes[0]}x{sizes[1]} pixels are each predicted with {max(depth)} pixels "
+        f"chunks of {shape} pixels are each predicted with {max(depth)} pixels "
         f"of context on every side: {factor:.1f}x the pixels they keep; chunks of "
-        f"{side}x{side} or larger (e.g. --chunks {side}) waste far less",
+        f"{wanted} or larger (e.g. --chunks {side}) waste far less",
         RedundantComputeWarning,
         stacklevel=3,
     )
