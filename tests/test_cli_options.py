@@ -85,6 +85,7 @@ def test_predict_diameter_is_used_and_reported(discs, tmp_path, capsys, value, e
         assert "object diameter" not in printed
     else:
         assert expected in printed
+    assert "[eager fp32]" in printed  # which engine and precision ran
     assert tifffile.imread(out / "discs.tif").shape == (96, 96)
 
 

@@ -201,3 +201,19 @@ def test_settings_come_from_the_model_and_cancel_stops(grey):
     assert stages[-2:] == ["labels", "labels"]
     with pytest.raises(ValueError, match="no axis of 2 channels"):
         segment(UNet(in_channels=2, depth=1, base_channels=2), stack)
+
+
+def test_one_engine_per_run_and_the_result_says_which(grey, monkeypatch):
+    from napari_unet import inference
+
+    root, stack = grey
+    built = []
+    real = inference.make_backend
+    monkeypatch.setattr(
+        inference, "make_backend", lambda *a, **k: built.append(k) or real(*a, **k)
+    )
+    config = SegmentConfig(device="cpu", backend="eager", precision="fp32")
+    result = segment(root / "m.safetensors", stack, config=config)
+    # Built once for all three planes, not per plane or per tile.
+    assert len(built) == 1
+    assert (result.info["backend"], result.info["precision"]) == ("eager", "fp32")

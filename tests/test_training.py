@@ -77,6 +77,34 @@ def test_loss_decreases_on_easy_data():
     assert np.mean(result.losses[-10:]) < 0.8 * np.mean(result.losses[:10])
 
 
+def test_model_files_record_the_bf16_check_that_precision_auto_reads(tmp_path):
+    from napari_unet.inference import bf16_supported, default_precision
+
+    out = tmp_path / "m.safetensors"
+    train(
+        [_cells(0), _cells(1)],
+        model=_model(),
+        config=_config(iterations=4),
+        val_samples=[Sample(*_cells(2))],
+        out=out,
+    )
+    for path in checkpoint_paths(out):
+        _, meta = load_model(path)
+        check = meta["inference_check"]
+        assert check["reference"] == "eager/fp32" and check["image_shape"] == [1, 64, 64]
+        bf16 = check["paths"]["eager/bf16"]
+        if not bf16_supported("cpu"):
+            assert "error" in bf16 and default_precision(meta, "cpu") == "fp32"
+            continue
+        assert 0.5 <= bf16["class_agreement"] <= 1.0 and bf16["instances"] >= 0
+        passed = bf16["class_agreement"] >= 0.999 and abs(bf16["instance_change"]) <= 0.01
+        assert default_precision(meta, "cpu") == ("bf16" if passed else "fp32")
+    # Without validation there is no check image, and nothing is claimed.
+    other = tmp_path / "n.safetensors"
+    train([_cells(0)], model=_model(), config=_config(iterations=2), out=other)
+    assert "inference_check" not in load_model(other)[1]
+
+
 def test_progress_events_and_validation(tmp_path):
     events: list[Progress] = []
     out = tmp_path / "m.safetensors"

@@ -552,6 +552,10 @@ def _session(path: Path, device: torch.device) -> Any:
     # Follow PyTorch's thread setting, so OMP_NUM_THREADS / torch.set_num_threads apply.
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    # Idle workers sleep instead of spinning: spinning threads take the cores that
+    # post-processing (and, on a shared machine, everything else) needs. Measured on the
+    # nuclei model, 6 planes, load 5: 2.3 s without spinning, 3.2 s with, 5.1 s eager.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     providers = ["CPUExecutionProvider"]
     if device.type == "cuda":  # pragma: no cover - no CUDA in CI
         if "CUDAExecutionProvider" not in ort.get_available_providers():

@@ -574,6 +574,8 @@ class PredictWidget(ScrollDock):
         info = self._job.get("info") or {}
         if info.get("estimated") and info.get("diameter"):
             grey += f", objects ~{float(info['diameter']):.0f} px (estimated)"
+        if info.get("backend"):  # the engine that ran (what "auto" chose)
+            grey += f" [{info['backend']} {info['precision']}]"
         self._status.value = (
             f"{n} cells found{grey} in {format_seconds(seconds)} -> '{elide(layer.name)}'"
         )

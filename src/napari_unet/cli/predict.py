@@ -290,14 +290,15 @@ def _link_note(info: dict, shape: tuple[int, ...], axes: str | None) -> str:
 
 
 def _size_note(info: dict) -> str:
-    """Which object size the run used, when it rescaled or estimated one."""
+    """Which object size the run used, when it rescaled or estimated one; which engine ran."""
+    engine = f" [{info['backend']} {info['precision']}]" if "backend" in info else ""
     diameter = info.get("diameter")
     if diameter is None:
-        return ""
+        return engine
     how = "estimated" if info.get("estimated") else "given"
     factor = info.get("factor", 1.0)
     zoom = f", image scaled {factor:.2f}x" if factor and abs(factor - 1.0) > 1e-6 else ""
-    return f" (object diameter {diameter:.1f} px, {how}{zoom})"
+    return f" (object diameter {diameter:.1f} px, {how}{zoom}){engine}"
 
 
 def _read_for_model(

@@ -205,7 +205,9 @@ class Segmentation:
         What the run decided: ``diameter`` (pixels, None when not
         rescaled), ``factor`` (the zoom predicted at), ``estimated``,
         ``linked_axis`` (the Z axis of ``labels`` whose planes were linked
-        into 3D objects, or None), ``spatial_dims`` (3 for a 3D model).
+        into 3D objects, or None), ``spatial_dims`` (3 for a 3D model);
+        ``backend`` and ``precision``: the inference engine that ran (what
+        ``"auto"`` chose; in-memory runs).
     """
 
     labels: np.ndarray

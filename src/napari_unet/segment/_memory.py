@@ -82,13 +82,16 @@ def iter_segment(
         return (yield from _segment_volume(net, normalized, axis, config))
     from ..tiling import iter_predict_stack
 
-    factor, info = yield from _diameter_step(net, normalized, axis, config)
+    # One engine for the diameter estimate and all planes: its set-up is paid once.
+    kwargs = _engine_kwargs(net, config)
+    factor, info = yield from _diameter_step(net, normalized, axis, config, kwargs)
     shape = normalized.shape[-2:]
     if factor != 1.0:
         normalized = rescale_image(normalized, factor)
     probs = yield from iter_predict_stack(
-        net, normalized, channel_axis=axis, tta=config.tta, **_predict_kwargs(config)
+        net, normalized, channel_axis=axis, tta=config.tta, **kwargs
     )
+    info.update(_engine_info(kwargs["backend"]))
     del normalized
     if factor != 1.0:
         probs = restore_probabilities(probs, shape)
@@ -112,7 +115,7 @@ def _segment_volume(
             f"a 3D model segments one (Z, Y, X) volume (channels apart), got shape "
             f"{volume.shape}; pass each volume of a time series on its own"
         )
-    kwargs = _predict_kwargs(config)
+    kwargs = _engine_kwargs(net, config)
     if config.tile is not None:
         kwargs["tile_shape"] = (config.tile,) * 3
     probs = yield from iter_predict_tiled(net, volume, tta=config.tta, **kwargs)
@@ -120,12 +123,37 @@ def _segment_volume(
         probs, threshold=config.threshold, spatial_dims=3, **dict(config.postprocess or {})
     )
     yield Progress(1, 1, "labels")
-    info = {"diameter": None, "factor": 1.0, "spatial_dims": 3}
+    info = {
+        "diameter": None,
+        "factor": 1.0,
+        "spatial_dims": 3,
+        **_engine_info(kwargs["backend"]),
+    }
     return Segmentation(labels, probs if config.probabilities else None, config, info)
 
 
+def _engine_kwargs(net: Any, config: SegmentConfig) -> dict[str, Any]:
+    """The tiling keywords with the inference engine built once (not per call or plane)."""
+    from ..inference import make_backend
+
+    kwargs = _predict_kwargs(config)
+    kwargs["backend"] = make_backend(
+        net, backend=kwargs["backend"], precision=kwargs.pop("precision"), device=config.device
+    )
+    return kwargs
+
+
+def _engine_info(engine: Any) -> dict[str, str]:
+    """Which engine and precision ran (``auto`` says what it chose)."""
+    return {"backend": str(engine.name), "precision": str(engine.precision)}
+
+
 def _diameter_step(
-    net: Any, normalized: np.ndarray, axis: int | None, config: SegmentConfig
+    net: Any,
+    normalized: np.ndarray,
+    axis: int | None,
+    config: SegmentConfig,
+    kwargs: dict[str, Any],
 ) -> Generator[Progress, None, tuple[float, dict[str, Any]]]:
     """The zoom that gives the objects the model's size, and what was used."""
     diameter = config.diameter
@@ -142,7 +170,6 @@ def _diameter_step(
     # Estimated on one plane (the middle one of a stack), with its channels.
     lead = normalized.shape[: normalized.ndim - (2 if axis is None else 3)]
     plane = normalized[tuple(n // 2 for n in lead)]
-    kwargs = _predict_kwargs(config)
 
     def label(probs: np.ndarray, factor: float) -> np.ndarray:
         options = scaled_sizes(config.postprocess or {}, factor)

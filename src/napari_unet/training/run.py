@@ -46,7 +46,7 @@ from .data import (
     split_validation,
 )
 from .optim import _autocast, _lr_factor, _make_optimizer
-from .validation import _choose_postprocessing, _validate
+from .validation import _choose_postprocessing, _inference_check, _validate
 
 
 def _sync(device: torch.device) -> float:
@@ -105,6 +105,7 @@ class _Run:
         self.best: dict[str, Any] | None = None
         self.metrics: dict[str, float] = {}
         self.saved_best = self.saved_last = self.cancelled = False
+        self.check: dict[str, Any] | None = None  # inference_check, at the end
         self.postprocessing: dict[str, Any] | None = None
         self.ema: float | None = None
 
@@ -423,6 +424,7 @@ class _Run:
             "object_diameter": self.model_diameter,
             "object_diameter_range": _diameter_range(config, self.diameters),
             "postprocessing": self.postprocessing,
+            **({"inference_check": self.check} if self.check else {}),
             **(
                 {"spacing": list(self.spacing or (1.0, 1.0, 1.0))}
                 if self.spatial_dims == 3
@@ -465,6 +467,27 @@ class _Run:
         if not self.validation or not self.saved_best:
             save_model(self.model, self.best_path, metadata=meta, overwrite=True)
 
+    def record_inference_check(self) -> Generator[Progress, None, None]:
+        """Write how bf16 agrees with fp32 into the model files (``precision="auto"`` reads it).
+
+        The last file gets it with the final save; the best file, when it holds
+        other weights, gets its own check.
+        """
+        if not (self.validation and self.main and not self.cancelled):
+            return
+        self.check = _inference_check(self.model, self.validation, self.device)
+        yield Progress(1, 1, "validate")
+        if self.check is None or self.out is None or not self.saved_best:
+            return
+        if self.best["iteration"] == self.iteration:
+            save_model(
+                self.model, self.best_path, metadata=self.metadata(True, False), overwrite=True
+            )
+            return
+        kept, kept_meta = load_model(self.best_path)
+        kept_meta["inference_check"] = _inference_check(kept, self.validation, self.device)
+        save_model(kept, self.best_path, metadata=kept_meta, overwrite=True)
+
     def finish(self) -> Generator[Progress, None, TrainResult]:
         """Choose the post-processing, write the files and return the result."""
         config, model, device = self.config, self.model, self.device
@@ -487,6 +510,7 @@ class _Run:
                     kept, self.validation, device, config
                 )
                 save_model(kept, self.best_path, metadata=kept_meta, overwrite=True)
+        yield from self.record_inference_check()
         cancelled = self.cancelled
         self.save(finished=not cancelled, cancelled=cancelled)
         if self.world > 1:

@@ -76,3 +76,23 @@ def _choose_postprocessing(
         metric = "dsb" if config.border_class else "rand"
     labels = [p.labels for p in usable]
     return choose_postprocessing(probabilities, labels, metric=metric)
+
+
+def _inference_check(
+    model: nn.Module, planes: list[_ValPlane], device: torch.device
+) -> dict[str, Any] | None:
+    """How bf16 inference agrees with fp32 on the largest 2D validation plane.
+
+    Written into the model file (``inference_check``) so that prediction with
+    ``precision="auto"`` uses bf16 only where it kept the fp32 labels
+    (:func:`napari_unet.inference.default_precision`). ONNX Runtime is not
+    checked here: its export would cost more than the check, and ``auto``
+    compares it with eager on the first tiles anyway.
+    """
+    from ..agreement import inference_check
+
+    flat = [p for p in planes if p.image.ndim == 3]  # (C, Y, X): 2D planes only
+    if not flat:
+        return None
+    image = max(flat, key=lambda p: p.image[0].size).image
+    return inference_check(model, image, paths=(("eager", "bf16"),), device=device)
