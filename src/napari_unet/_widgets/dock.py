@@ -24,7 +24,7 @@ __all__ = ["TABS", "UNetDock"]
 TABS = {
     "Annotate": ("annotate", "AnnotateWidget"),
     "Weights": ("weight_map", "WeightMapWidget"),
-    "Train": ("train", "TrainWidget"),
+    "Train": ("train_volume", "TrainVolumeWidget"),
     "Predict": ("predict", "PredictWidget"),
 }
 
