@@ -17,7 +17,6 @@ from magicgui.widgets import (
 from napari.layers import Image, Labels, Shapes
 from napari.utils.notifications import show_error, show_info, show_warning
 
-from .. import annotation
 from ._layers import (
     channel_axis_choices,
     current_plane,
@@ -32,6 +31,7 @@ from ._layers import (
 )
 from ._session import TrainingEntry, session_for
 from ._ui import ScrollDock, heading
+from ._warmup import warm_up
 
 if TYPE_CHECKING:
     import napari
@@ -58,6 +58,7 @@ class AnnotateWidget(ScrollDock):
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__()
+        warm_up("annotate")  # SciPy, for the tidy-up tools and the training set
         self._viewer = viewer
         self._session = session_for(viewer)
         self._alive = True
@@ -274,13 +275,18 @@ class AnnotateWidget(ScrollDock):
 
     def _prepare_labels_layer(self, layer: Labels, *, set_mode: bool) -> None:
         """Paint mode, brush size, the new-cell key and the auto-new-id hook."""
+        # SciPy (through annotation) is imported on first use, not with the dock: see _warmup.
         if set_mode:
+            from .. import annotation
+
             layer.mode = "paint"
             layer.selected_label = annotation.next_label(layer.data)
             self._viewer.layers.selection.active = layer
         layer.brush_size = self._brush.value
 
         def new_cell(target: Labels) -> None:
+            from .. import annotation
+
             target.selected_label = annotation.next_label(target.data)
 
         layer.bind_key(NEW_CELL_KEY, new_cell, overwrite=True)
@@ -289,6 +295,8 @@ class AnnotateWidget(ScrollDock):
             layer.events.paint.connect(self._on_paint)
 
     def _on_paint(self, event: Any) -> None:
+        from .. import annotation
+
         if not self._alive or not self._auto_new_id.value:
             return
         layer = event.source
@@ -325,6 +333,8 @@ class AnnotateWidget(ScrollDock):
 
     def tidy(self, action: str) -> None:
         """Apply a tidy-up action ("fill", "fragments" or "relabel") to the labels layer."""
+        from .. import annotation
+
         layer = self._labels.value
         if layer is None:
             show_error("Annotate cells: choose a cell labels layer to tidy up.")
@@ -359,6 +369,8 @@ class AnnotateWidget(ScrollDock):
         added : int
             Planes added or replaced (0 if nothing was annotated).
         """
+        from .. import annotation
+
         image, labels = self._image.value, self._labels.value
         if image is None or labels is None:
             show_error("Annotate cells: choose both an image and its cell labels layer.")

@@ -11,11 +11,10 @@ from napari.layers import Image, Labels
 from napari.utils.notifications import show_error
 from qtpy.QtCore import QTimer
 
-from ..weights import separation_borders, weight_map
 from ._layers import current_plane, layers_of, on_layer_list_change, unique_name
 from ._session import session_for
 from ._ui import ScrollDock
-from ._warmup import freeze_heap
+from ._warmup import freeze_heap, warm_up
 
 if TYPE_CHECKING:
     import napari
@@ -44,6 +43,7 @@ class WeightMapWidget(ScrollDock):
         # napari's full gc.collect() on every added layer then skips the objects alive
         # now (the imported libraries): the preview layers appear faster (see _warmup).
         freeze_heap()
+        warm_up("annotate")  # SciPy, for the first preview
         self._viewer = viewer
         self._session = session_for(viewer)
         self._alive = True
@@ -329,6 +329,8 @@ def _compute(
     borders: bool,
 ) -> dict[str, Any]:
     """The worker's part: read the plane, then weight map, borders and the dock's numbers."""
+    from ..weights import separation_borders, weight_map  # SciPy: here, not with the dock
+
     labels = np.array(data[plane] if plane else data)
     weights = weight_map(labels, w0=w0, sigma=sigma, class_weights=class_weights)
     return {
