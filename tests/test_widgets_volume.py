@@ -48,8 +48,9 @@ def test_train_dock_trains_a_3d_unet_on_a_partly_annotated_volume(
     train = _train_dock(viewer)
     errors: list[str] = []
     monkeypatch.setattr("napari_unet._widgets.train_volume.show_error", errors.append)
-    assert not train._volume_image.visible  # the section opens when ticked
+    assert train._volume_image.native.isHidden()  # the section opens when ticked
     train._volume_on.value = True
+    assert not train._volume_image.native.isHidden() and train._tile.native.isHidden()
     assert train._volume_image.value is volume
     # Spacing from the layer's scale, the in-plane pixel as 1; editable.
     assert train._spacing.value == "4, 1, 1"
@@ -91,3 +92,27 @@ def test_train_dock_refuses_a_volume_without_labels_in_the_annotated_part(
     train._spacing.value = "2, 1, 1"
     assert train.start() is None
     assert "no cells" in errors[-1]
+
+
+def test_weight_map_preview_of_the_whole_volume_in_3d(make_napari_viewer):
+    from napari_unet.weights import weight_map
+
+    _, truth = synthetic_cells((6, 40, 40), radius=(5.0, 8.0), spacing=(2, 1, 1), seed=3)
+    partial = np.zeros_like(truth)
+    partial[[1, 3]] = truth[[1, 3]]
+    viewer = make_napari_viewer()
+    labels = viewer.add_labels(partial, name="cells", scale=(2.0, 0.5, 0.5))
+    _, weights = viewer.window.add_plugin_dock_widget("napari-unet-cells", "Weight map")
+    weights._labels.value = labels
+    assert not weights._volume.native.isHidden()  # offered for a volume
+    weights._volume.value = True
+    weights.update_preview(block=True)
+    shown = viewer.layers["cells weight map"]
+    assert shown.data.shape == partial.shape
+    np.testing.assert_array_equal(shown.scale, labels.scale)
+    # As the 3D training computes it: voxel spacing from the scale, the planes with labels.
+    mask = np.zeros(partial.shape, bool)
+    mask[[1, 3]] = True
+    expected = weight_map(partial, spacing=(4.0, 1.0, 1.0), mask=mask)
+    np.testing.assert_allclose(shown.data, expected, rtol=1e-5)
+    assert "whole volume (3D; the 2 planes with labels)" in weights._info.value

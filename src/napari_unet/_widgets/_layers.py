@@ -56,6 +56,13 @@ def layers_of(viewer: Any, kind: type) -> list[tuple[str, Any]]:
     return [(layer.name, layer) for layer in reversed(viewer.layers) if isinstance(layer, kind)]
 
 
+def layer_spacing(layer: Any) -> tuple[float, float, float]:
+    """A layer's voxel spacing (Z, Y, X) from its scale, with the in-plane pixel as 1."""
+    z, y, x = (float(s) for s in layer.scale[-3:])
+    unit = min(y, x)
+    return (z / unit, y / unit, x / unit)
+
+
 def unique_name(viewer: Any, base: str) -> str:
     """``base``, or ``base (2)``, ``base (3)``, ... if that name is taken."""
     names = {layer.name for layer in viewer.layers}

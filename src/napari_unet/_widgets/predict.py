@@ -495,7 +495,12 @@ class PredictWidget(ScrollDock):
             return
         transform = spatial_transform(image, resolve_channel_axis(image, self._channel_axis.value))
         layer = self._viewer.add_labels(
-            labels, name=unique_name(self._viewer, result_name(image.name)), **transform
+            labels,
+            name=unique_name(self._viewer, result_name(image.name)),
+            # Linked planes: napari's chunk cache would keep ids from before a link; the
+            # linker keeps the planes, so a redraw never predicts again.
+            cache=linker is None,
+            **transform,
         )
         note = ""
         if linker is not None:

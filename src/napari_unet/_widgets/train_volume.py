@@ -20,14 +20,14 @@ from magicgui.widgets import CheckBox, ComboBox, Label, LineEdit
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error
 
-from ._layers import elide, layers_of, on_layer_list_change
+from ._layers import elide, layer_spacing, layers_of, on_layer_list_change
 from ._ui import heading
 from .train import TrainWidget
 
 if TYPE_CHECKING:
     import napari
 
-__all__ = ["TrainVolumeWidget", "VolumeSet", "annotated_mask", "layer_spacing"]
+__all__ = ["TrainVolumeWidget", "VolumeSet", "annotated_mask"]
 
 #: What counts as annotated in the labels layer (the rest is left out of the loss).
 ANNOTATED = [
@@ -36,13 +36,6 @@ ANNOTATED = [
     ("every voxel", "all"),
     ("a mask layer's non-zero voxels", "layer"),
 ]
-
-
-def layer_spacing(layer: Any) -> tuple[float, float, float]:
-    """A layer's voxel spacing (Z, Y, X) from its scale, with the in-plane pixel as 1."""
-    z, y, x = (float(s) for s in layer.scale[-3:])
-    unit = min(y, x)
-    return (z / unit, y / unit, x / unit)
 
 
 def annotated_mask(
@@ -193,6 +186,9 @@ class TrainVolumeWidget(TrainWidget):
             widget.visible = on
         self._mask_layer.visible = on and self._annotated.value == "layer"
         self._volume_info.visible = on
+        # Planes' settings that a volume does not use: one volume, 3D tiles chosen by the engine.
+        for widget in (self._val_percent, self._estimate, self._tile):
+            widget.visible = not on
         if on:
             volume = self._volume_set(quiet=True)
             self._volume_info.value = (

@@ -11,7 +11,7 @@ from napari.layers import Image, Labels
 from napari.utils.notifications import show_error
 from qtpy.QtCore import QTimer
 
-from ._layers import current_plane, layers_of, on_layer_list_change, unique_name
+from ._layers import current_plane, layer_spacing, layers_of, on_layer_list_change, unique_name
 from ._session import session_for
 from ._ui import ScrollDock
 from ._warmup import freeze_heap, warm_up
@@ -75,6 +75,8 @@ class WeightMapWidget(ScrollDock):
         )
         self._show_borders = CheckBox(text="show separating borders", value=True)
         self._live = CheckBox(text="update while painting", value=True)
+        # A 3D U-Net's weights are 3D (distances in voxel spacing): a volume, not a plane.
+        self._volume = CheckBox(text="whole volume in 3D (as a 3D U-Net learns)", value=False)
         self._update = PushButton(text="Update now")
         self._info = Label(value="Choose a labels layer with painted cells.")
         self.set_content(
@@ -85,6 +87,7 @@ class WeightMapWidget(ScrollDock):
                 self._balance,
                 self._show_borders,
                 self._live,
+                self._volume,
                 self._update,
                 self._info,
             ]
@@ -99,6 +102,7 @@ class WeightMapWidget(ScrollDock):
         for widget in (self._w0, self._sigma, self._balance):
             widget.changed.connect(self._on_settings_changed)
         self._show_borders.changed.connect(self.schedule)
+        self._volume.changed.connect(self.schedule)
         self._update.changed.connect(self.update_preview)
         viewer.dims.events.current_step.connect(self._on_step)
         on_layer_list_change(viewer, self._on_layers_changed)
@@ -132,6 +136,7 @@ class WeightMapWidget(ScrollDock):
         if not self._alive:
             return
         self._watch(self._labels.value)
+        self._volume.visible = self._labels.value is not None and self._labels.value.ndim == 3
         self.schedule()
 
     def _on_settings_changed(self, *_: Any) -> None:
@@ -146,8 +151,11 @@ class WeightMapWidget(ScrollDock):
 
     def _on_step(self, event: Any = None) -> None:
         layer = self._labels.value
-        if self._alive and layer is not None and layer.ndim > 2:
+        if self._alive and layer is not None and layer.ndim > 2 and not self._in_3d(layer):
             self.schedule()
+
+    def _in_3d(self, layer: Labels) -> bool:
+        return bool(self._volume.value) and layer.ndim == 3
 
     def schedule(self, *_: Any) -> None:
         """Recompute after :data:`DEBOUNCE_MS` without further edits."""
@@ -184,7 +192,8 @@ class WeightMapWidget(ScrollDock):
             return None
         # Read (copied) in the worker, not here: a paint stroke during the copy bumps the
         # generation (_on_edit), so a torn read is never shown: its result is dropped.
-        plane = current_plane(self._viewer, layer)
+        volume = self._in_3d(layer)
+        plane = () if volume else current_plane(self._viewer, layer)
         data = layer.data
         request = {
             "layer": layer,
@@ -197,6 +206,7 @@ class WeightMapWidget(ScrollDock):
             "sigma": float(self._sigma.value),
             "class_weights": self._balance.value,
             "borders": bool(self._show_borders.value),
+            "spacing": layer_spacing(layer) if volume else None,
         }
         if block:
             try:
@@ -240,10 +250,8 @@ class WeightMapWidget(ScrollDock):
         ):
             return  # stale: the labels were edited (or another layer chosen) meanwhile
         weights, borders = result["weights"], result["borders"]
-        transform = {
-            "scale": tuple(layer.scale)[-2:],
-            "translate": tuple(layer.translate)[-2:],
-        }
+        n = weights.ndim  # 3 for a whole volume, else the plane's 2
+        transform = {"scale": tuple(layer.scale)[-n:], "translate": tuple(layer.translate)[-n:]}
         top = result["top"]
         freeze_heap()  # napari's gc.collect() on adding a layer then skips what exists now
         self._weights_layer = self._show(
@@ -299,6 +307,8 @@ class WeightMapWidget(ScrollDock):
         self.updates += 1
         plane = request["plane"]
         where = f"plane {', '.join(map(str, plane))}, " if plane else ""
+        if result.get("planes") is not None:
+            where = f"whole volume (3D; the {result['planes']} planes with labels), "
         self._info.value = (
             f"{where}{result['n_cells']} cells, w(x) from {result['bottom']:.2f} to {top:.2f} "
             f"({self.last_ms:.0f} ms)"
@@ -327,16 +337,26 @@ def _compute(
     sigma: float,
     class_weights: str | None,
     borders: bool,
+    spacing: tuple[float, ...] | None = None,
 ) -> dict[str, Any]:
     """The worker's part: read the plane, then weight map, borders and the dock's numbers."""
     from ..weights import separation_borders, weight_map  # SciPy: here, not with the dock
 
     labels = np.array(data[plane] if plane else data)
-    weights = weight_map(labels, w0=w0, sigma=sigma, class_weights=class_weights)
+    mask = None
+    if spacing is not None:
+        # As the Train dock's 3D default: the planes with labels are annotated, the rest
+        # unknown (weight 0, and not counted in the class balance).
+        mask = np.zeros(labels.shape, bool)
+        mask[labels.any(axis=(1, 2))] = True
+    weights = weight_map(
+        labels, w0=w0, sigma=sigma, class_weights=class_weights, spacing=spacing, mask=mask
+    )
     return {
         "weights": weights,
         "borders": separation_borders(labels).astype(np.uint8) if borders else None,
         "top": float(weights.max()) if weights.size else 1.0,
         "bottom": float(weights.min()) if weights.size else 0.0,
         "n_cells": int(np.count_nonzero(np.unique(labels))),
+        "planes": None if mask is None else int(mask.any(axis=(1, 2)).sum()),
     }
