@@ -13,7 +13,12 @@ call, per million voxels. Rows:
 - one training step on a 3D tile against a 2D step on the same number of
   output pixels (seconds per million output voxels);
 - linking: objects per true cell, per-plane labels of a synthetic anisotropic
-  stack against the same labels linked through Z (linking.link_planes).
+  stack against the same labels linked through Z (linking.link_planes);
+- chunked 3D prediction (``predict_dask``, a halo per axis, synchronous
+  scheduler) against the in-memory 3D prediction of the same volume: seconds
+  and peak MiB per million voxels, and the largest difference;
+- chunked linking (``segment._link_chunked``: overlap tables per Zarr chunk,
+  one relabel pass) against ``link_planes`` on the same stack in memory.
 """
 
 from __future__ import annotations
@@ -38,7 +43,24 @@ torch.manual_seed(0)
 def rss():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 out = {}
-if task in ("predict3d", "predict2d", "chooser"):
+if task == "dask3d":  # chunked 3D prediction, synchronous (one thread)
+    import dask, dask.array as da
+    from napari_unet.tiling import predict_dask
+    volume = rng.normal(size=(z, y, x)).astype(np.float32)
+    net = UNet(depth=depth, base_channels=base, dropout=0.0, num_classes=3,
+               spatial_dims=3, spacing=(2.0, 1.0, 1.0)).eval()
+    chunks = tuple(int(c) for c in sys.argv[7].split(","))
+    lazy = predict_dask(net, da.from_array(volume, chunks=chunks), device="cpu", backend="eager")
+    out["chunks"] = [len(c) for c in lazy.chunks[1:]]
+    before = rss()
+    start = time.perf_counter()
+    with dask.config.set(scheduler="synchronous"):
+        result = lazy.compute()
+    out["seconds"] = time.perf_counter() - start
+    out["peak_mib"] = rss() - before
+    expected = predict_tiled(net, volume, device="cpu", backend="eager")
+    out["max_diff"] = float(np.abs(result - expected).max())
+elif task in ("predict3d", "predict2d", "chooser"):
     volume = rng.normal(size=(z, y, x)).astype(np.float32) if task != "chooser" else None
     if task == "predict2d":
         net = UNet(depth=depth, base_channels=base, dropout=0.0, num_classes=3).eval()
@@ -136,6 +158,83 @@ def _linking_row(quick: bool) -> Row:
     )
 
 
+def _chunked_rows(quick: bool, depth: int, base: int) -> list[Row]:
+    z, y, x = (40, 112, 112) if quick else (64, 256, 256)
+    chunks = (20, 56, 56) if quick else (32, 128, 128)
+    mvox = z * y * x / 1e6
+    memory = _child("predict3d", depth, base, z, y, x)
+    chunked = _child("dask3d", depth, base, z, y, x, ",".join(map(str, chunks)))
+    grid = "x".join(map(str, chunked["chunks"]))
+    return [
+        Row(
+            name=f"chunked 3D predict {z}x{y}x{x} ({grid} chunks; max diff "
+            f"{chunked['max_diff']:.1e})",
+            baseline="in-memory 3D predict",
+            baseline_value=memory["seconds"] / mvox,
+            ours_value=chunked["seconds"] / mvox,
+            unit="s/Mvoxel",
+            ratio=memory["seconds"] / chunked["seconds"],
+            goal="report (exact to 1e-4)",
+        ),
+        Row(
+            name=f"chunked 3D predict {z}x{y}x{x}, peak memory growth",
+            baseline="in-memory 3D predict",
+            baseline_value=memory["peak_mib"] / mvox,
+            ours_value=chunked["peak_mib"] / mvox,
+            unit="MiB/Mvoxel",
+            ratio=memory["peak_mib"] / max(chunked["peak_mib"], 1e-3),
+            goal="report",
+        ),
+        _chunked_linking_row(quick),
+    ]
+
+
+def _chunked_linking_row(quick: bool) -> Row:
+    import tempfile
+    import time
+
+    import zarr
+
+    from napari_unet._sample_data import synthetic_cells
+    from napari_unet.linking import link_planes
+    from napari_unet.segment._link_chunked import link_lookup, relabel_in_place
+
+    shape = (12, 256, 256) if quick else (24, 512, 512)
+    labels = synthetic_cells(shape, spacing=(2.0, 1.0, 1.0), seed=5)[1]
+    planes = np.zeros(labels.shape, np.uint32)
+    offset = 0
+    for z in range(shape[0]):  # per-plane ids unique over the stack, as segment_chunked has them
+        planes[z] = np.where(labels[z] > 0, labels[z] + offset, 0)
+        offset += int(labels.max())
+    memory_s, chunked_s = [], []
+    with tempfile.TemporaryDirectory() as folder:
+        store = zarr.open_array(
+            f"{folder}/l.zarr", mode="w", shape=shape, chunks=(1, 128, 128), dtype="u4"
+        )
+        for _ in range(3):  # best of 3: the first pays for the imports
+            start = time.perf_counter()
+            expected = link_planes(planes)
+            memory_s.append(time.perf_counter() - start)
+            store[:] = planes
+            start = time.perf_counter()
+            relabel_in_place(store, link_lookup(store, 0))
+            chunked_s.append(time.perf_counter() - start)
+        linked = store[:]
+    memory_s, chunked_s = min(memory_s), min(chunked_s)
+    pairs = np.unique(np.stack([linked.ravel(), expected.ravel()]), axis=1)
+    same = len(np.unique(pairs[0])) == len(np.unique(pairs[1])) == pairs.shape[1]
+    return Row(
+        name=f"link Z planes of a {shape} stack, Zarr chunks 1x128x128 "
+        f"({'same objects' if same else 'DIFFERENT objects'})",
+        baseline="link_planes in memory",
+        baseline_value=memory_s,
+        ours_value=chunked_s,
+        unit="s",
+        ratio=memory_s / chunked_s,
+        goal="report (same objects)",
+    )
+
+
 def run(quick: bool = False) -> list[Row]:
     depth, base = 2, 8
     z, y, x = (16, 96, 96) if quick else (32, 192, 192)
@@ -203,4 +302,5 @@ def run(quick: bool = False) -> list[Row]:
         )
     )
     rows.append(_linking_row(quick))
+    rows.extend(_chunked_rows(quick, depth, base))
     return rows
