@@ -116,3 +116,14 @@ def test_weight_map_preview_of_the_whole_volume_in_3d(make_napari_viewer):
     expected = weight_map(partial, spacing=(4.0, 1.0, 1.0), mask=mask)
     np.testing.assert_allclose(shown.data, expected, rtol=1e-5)
     assert "whole volume (3D; the 2 planes with labels)" in weights._info.value
+
+
+def test_annotate_dock_tells_how_a_cell_continues_through_planes(make_napari_viewer):
+    viewer = make_napari_viewer()
+    flat = viewer.add_image(np.zeros((32, 32), np.float32), name="plane")
+    stack = viewer.add_image(np.zeros((4, 32, 32), np.float32), name="stack")
+    _, annotate = viewer.window.add_plugin_dock_widget("napari-unet-cells", "Annotate cells")
+    annotate._image.value = stack
+    assert "keeps its id through the planes" in annotate._hint.value
+    annotate._image.value = flat
+    assert "planes" not in annotate._hint.value

@@ -191,6 +191,18 @@ class AnnotateWidget(ScrollDock):
     def _on_image_changed(self, *_: Any) -> None:
         self._channel_axis.reset_choices()
         self._on_channels_changed()
+        image = self._image.value
+        stack = image is not None and len(self._spatial_shape(image)) == 3
+        # A cell of a volume keeps its id through the planes (one object for a 3D U-Net).
+        self._hint.value = (
+            f"Paint one cell, press <b>{NEW_CELL_KEY.upper()}</b> for the next id."
+            + (
+                " A cell keeps its id through the planes: on the next plane, pick it (<b>L</b>, "
+                "click the cell) and paint on (<b>P</b>)."
+                if stack
+                else ""
+            )
+        )
 
     def _on_channels_changed(self, *_: Any) -> None:
         """Offer the labels made for the image; never keep another image's labels silently."""
