@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 
 __all__ = ["TrainVolumeWidget", "VolumeSet", "annotated_mask"]
 
+#: Volumes larger than this are summarised at Start only (counting cells takes seconds).
+SUMMARY_VOXELS = 2**24
+
 #: What counts as annotated in the labels layer (the rest is left out of the loss).
 ANNOTATED = [
     ("the planes with labels", "planes"),
@@ -191,9 +194,11 @@ class TrainVolumeWidget(TrainWidget):
             widget.visible = not on
         if on:
             volume = self._volume_set(quiet=True)
-            self._volume_info.value = (
-                volume.summary() if isinstance(volume, VolumeSet) else f"not ready: {volume}"
-            )
+            if isinstance(volume, VolumeSet):
+                self._volume_info.value = volume.summary()
+            else:
+                ready = volume.startswith("ready")
+                self._volume_info.value = volume if ready else f"not ready: {volume}"
         self._update_set_info()
         self._update_tile_info()
 
@@ -231,6 +236,8 @@ class TrainVolumeWidget(TrainWidget):
                 f"'{elide(image.name)}' {tuple(image.data.shape)} and '{elide(labels.name)}' "
                 f"{tuple(labels.data.shape)} differ in shape"
             )
+        if quiet and np.prod(labels.data.shape) > SUMMARY_VOXELS:
+            return f"ready ({'x'.join(map(str, labels.data.shape))}; cells counted at Start)"
         if quiet:  # the summary only: no copies on every change
             ids = np.asarray(labels.data)
             mask_data = None if self._mask_layer.value is None else self._mask_layer.value.data
@@ -243,8 +250,8 @@ class TrainVolumeWidget(TrainWidget):
             mask = annotated_mask(ids, self._annotated.value, mask_data)
         except ValueError as err:
             return str(err)
-        data = np.asarray(image.data) if quiet else np.array(image.data, dtype=np.float32)
-        return VolumeSet(data, ids, mask, image.name)
+        # The image as it is (a Dask or Zarr array is read by the training worker, not here).
+        return VolumeSet(image.data, ids, mask, image.name)
 
     def start(self) -> Any:
         """Train on the volume when its section is ticked, else on the training set."""

@@ -54,6 +54,10 @@ class PlaneLinker:
         #: Increases whenever planes shown before may now show other ids.
         self.version = 0
 
+    def __dask_tokenize__(self) -> tuple[str, int]:
+        # One linker, one token: Dask must not hash (or pickle) the planes it keeps.
+        return ("napari-unet-plane-linker", id(self))
+
     def plane(self, index: int) -> np.ndarray | None:
         """The per-plane labels (ids ``1 ... n``) of a computed plane, or None."""
         with self._lock:
