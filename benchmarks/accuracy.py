@@ -140,10 +140,15 @@ def membrane_rows(model_file: dict[str, str]) -> list:
         truths.append(ndi.label(cells)[0])
     started = time.perf_counter()
     preds = [segment_image(model, meta, image, None)[0] for image in images]
+    from napari_unet.segment import SegmentConfig
+
+    used = SegmentConfig.from_metadata(meta, diameter=None)
     row = {
         "task": "em-membranes",
         "scale": 1.0,
         "diameter": "none",
+        "method": (used.postprocess or {}).get("method", "watershed"),
+        "tta": used.tta,
         "images": len(images),
         "rand_error": score_labels(truths, preds, "rand"),
         "pixel_error": score_labels(truths, preds, "pixel"),

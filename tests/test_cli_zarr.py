@@ -10,7 +10,7 @@ import tifffile
 import torch
 
 from napari_unet.cli import main
-from napari_unet.io import create_ome_zarr, open_chunked, read_image, save_model
+from napari_unet.io import create_ome_zarr, load_model, open_chunked, read_image, save_model
 from napari_unet.models import UNet
 from napari_unet.normalize import Normalization
 
@@ -101,6 +101,23 @@ def test_zarr_and_large_tiff_paths_equal_the_in_memory_prediction(setup, tmp_pat
     assert not set(np.unique(labels[0])) & set(np.unique(labels[1])) - {0}
     # Nothing left behind but the outputs (the scratch probabilities are removed).
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["probabilities", "stack.zarr"]
+
+
+@pytest.mark.slow
+def test_a_models_tta_applies_in_memory_and_is_dropped_in_chunked_mode(setup, tmp_path):
+    root, _, ref_probs = setup
+    net, _ = load_model(root / "m.safetensors")
+    save_model(net, tmp_path / "tta.safetensors", metadata={"postprocessing": {"tta": True}})
+    args = ["predict", "--model", str(tmp_path / "tta.safetensors"), "--device", "cpu", "--quiet"]
+    args += ["--probabilities"]
+    # In memory: the model's choice, 8 orientations averaged (differs from the plain run).
+    assert main([*args, str(root / "stack.tif"), "--out", str(tmp_path / "m"), "--no-link"]) == 0
+    tta = read_image(tmp_path / "m" / "probabilities" / "stack.tif")
+    assert np.abs(tta - ref_probs).max() > 0.01
+    # Chunked: no TTA there, so the model's choice is dropped instead of failing the run.
+    assert main([*args, str(root / "plane.zarr"), "--out", str(tmp_path / "c.zarr")]) == 0
+    probs = open_chunked(tmp_path / "probabilities" / "c.zarr").data.compute()
+    np.testing.assert_allclose(probs, ref_probs[:, 0], atol=1e-4)
 
 
 @pytest.mark.slow

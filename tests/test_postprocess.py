@@ -215,3 +215,46 @@ def test_rounding_past_one_is_accepted():
     probs = _two_blobs(2).astype(np.float64)
     probs[1] *= 1.0 + 1e-7
     assert probabilities_to_labels(probs).max() == 2
+
+
+# ---------------------------------------------------------------------------
+# seeded growth (membrane models)
+# ---------------------------------------------------------------------------
+
+
+def _cells_with_a_leaky_membrane():
+    """Two 14x14 cells behind a 3-pixel membrane with a 4-pixel gap (cell probability 0.4)."""
+    cell = np.full((20, 34), 0.05)
+    cell[3:17, 2:16] = 0.95
+    cell[3:17, 19:33] = 0.95
+    cell[8:12, 16:19] = 0.4  # the gap: a blurry membrane the network is unsure of
+    return np.stack([1.0 - cell, cell]).astype(np.float32)
+
+
+def test_seeded_growth_closes_a_membrane_gap_with_a_line():
+    probs = _cells_with_a_leaky_membrane()
+    # Connected components join the cells through the gap at any threshold below 0.4.
+    assert probabilities_to_labels(probs, method="components", threshold=0.3).max() == 1
+    labels = probabilities_to_labels(
+        probs, method="seeded", threshold=0.3, seed_threshold=0.9, min_size=0
+    )
+    assert labels.max() == 2
+    # Grown into the gap up to a one-pixel line: the two stay separate
+    # 4-connected components, as a binary image (the ISBI evaluation labels
+    # cells as the components of the binary result).
+    assert ndi.label(labels > 0)[1] == 2
+    assert np.count_nonzero(labels[8:12, 16:19] == 0) == 4  # one line pixel per gap row
+    assert np.count_nonzero(labels[8:12, 16:19]) == 8
+
+
+def test_seeded_small_seeds_are_flooded_by_their_neighbours():
+    probs = _cells_with_a_leaky_membrane()
+    # A dark ring (an organelle's membrane) cuts a 2x2 speck off the left seed.
+    probs[1, 4:8, 4] = probs[1, 4:8, 7] = probs[1, 4, 4:8] = probs[1, 7, 4:8] = 0.05
+    probs[0] = 1.0 - probs[1]
+    options = {"method": "seeded", "threshold": 0.02, "min_size": 0}
+    kept = probabilities_to_labels(probs, min_seed_size=1, **options)
+    merged = probabilities_to_labels(probs, min_seed_size=8, **options)
+    assert kept.max() == 3  # the speck is a cell of its own
+    assert merged.max() == 2  # no seed of its own: its cell floods it
+    assert np.all(merged[5:7, 5:7] == merged[10, 8])

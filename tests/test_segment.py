@@ -184,6 +184,12 @@ def test_settings_come_from_the_model_and_cancel_stops(grey):
     card = {"pretrained": {"postprocessing": {"threshold": 0.3, "method": "components"}}}
     assert SegmentConfig.from_metadata(card).postprocess == {"method": "components"}
     assert SegmentConfig.from_metadata(card, postprocess={}).postprocess == {}
+    # Chosen on validation (tuning): the labelling and whether to average 8 orientations.
+    chosen = {"postprocessing": {"method": "seeded", "threshold": 0.05, "tta": True}}
+    config = SegmentConfig.from_metadata(chosen)
+    assert (config.tta, config.threshold, config.postprocess) == (True, 0.05, {"method": "seeded"})
+    assert SegmentConfig.from_metadata(chosen, tta=False).tta is False
+    assert SegmentConfig.from_metadata(card).tta is False
     with pytest.raises(ValueError, match="threshold"):
         SegmentConfig(threshold=1.5)
     events = []

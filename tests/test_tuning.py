@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from napari_unet.tuning import choose_postprocessing, postprocessing_options
+from napari_unet.postprocess import probabilities_to_labels
+from napari_unet.tuning import choose_postprocessing, postprocessing_options, score_labels
 
 
 def _touching_pair(neck: float):
@@ -101,3 +102,27 @@ def test_postprocessing_options_scale_and_override():
     legacy = {"pretrained": {"postprocessing": {"threshold": 0.8}}}
     assert postprocessing_options(legacy) == {"threshold": 0.8}
     assert postprocessing_options({}) == {}
+
+
+def test_leaky_membrane_chooses_seeded_growth():
+    # Two cells behind a membrane the network is unsure of in one place
+    # (cell probability 0.5 in a gap), each with a dim strip of true cell
+    # along its outer edge (0.3). Components either join the cells through
+    # the gap or, above 0.5, lose the strips; confident seeds grown over a
+    # low threshold keep both cells whole and closed apart by a line.
+    truth = np.zeros((20, 36), dtype=np.int32)
+    truth[3:17, 2:16] = 1
+    truth[3:17, 20:34] = 2
+    cell = np.where(truth > 0, 0.95, 0.05)
+    cell[3:17, 2:5] = cell[3:17, 31:34] = 0.3
+    cell[8:12, 16:20] = 0.5
+    probs = np.stack([1.0 - cell, cell]).astype(np.float32)
+    chosen = choose_postprocessing([probs], [truth], metric="isbi")
+    assert chosen["method"] == "seeded"
+    assert chosen["threshold"] < 0.3 and chosen["seed_threshold"] >= 0.5
+    components = choose_postprocessing([probs], [truth], metric="isbi", methods=["components"])
+    assert chosen["score"] < 0.05 < components["score"]
+    labels = probabilities_to_labels(probs, **postprocessing_options({"postprocessing": chosen}))
+    assert score_labels([truth], [labels], "rand") == 0.0
+    isbi = score_labels([truth], [labels], "isbi")
+    assert isbi == pytest.approx(score_labels([truth], [labels], "pixel")) and isbi > 0

@@ -333,8 +333,10 @@ def _check_postprocessing(source: object, key: str, value: Any) -> None:
         t = post["threshold"]
         if not _is_number(t) or not 0.0 < t < 1.0:
             raise _fail(source, f"{key}.threshold", t, "a number in (0, 1)")
-    if "method" in post and post["method"] not in ("watershed", "components"):
-        raise _fail(source, f"{key}.method", post["method"], "'watershed' or 'components'")
+    if "method" in post and post["method"] not in ("watershed", "components", "seeded"):
+        raise _fail(
+            source, f"{key}.method", post["method"], "'watershed', 'components' or 'seeded'"
+        )
     if post.get("level") is not None:
         _int(source, f"{key}.level", post["level"], 1)
     # The keywords of postprocess.probabilities_to_labels that a file may recommend.
@@ -347,8 +349,9 @@ def _check_postprocessing(source: object, key: str, value: Any) -> None:
             _int(source, f"{key}.{name}", post[name], 0)
     if post.get("split_depth") is not None:
         _number(source, f"{key}.split_depth", post["split_depth"], 0.0, math.inf, "a number >= 0")
-    if post.get("fill_holes") is not None and not isinstance(post["fill_holes"], bool):
-        raise _fail(source, f"{key}.fill_holes", post["fill_holes"], "true or false")
+    for name in ("fill_holes", "tta"):
+        if post.get(name) is not None and not isinstance(post[name], bool):
+            raise _fail(source, f"{key}.{name}", post[name], "true or false")
 
 
 _TRAINING_TYPES: dict[str, tuple[tuple, str]] = {

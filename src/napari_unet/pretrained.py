@@ -193,7 +193,9 @@ def resolve_model(name_or_path: str | os.PathLike) -> Path:
 def recommended_threshold(metadata: dict, default: float = 0.5) -> float:
     """The foreground threshold a model file recommends for post-processing.
 
-    Bundled models store the threshold chosen on their training images in
+    The post-processing chosen on the model's validation images
+    (``metadata["postprocessing"]["threshold"]``, :mod:`napari_unet.tuning`)
+    wins; older bundled files store one in
     ``metadata["pretrained"]["postprocessing"]["threshold"]``; other models
     get ``default``.
 
@@ -209,6 +211,9 @@ def recommended_threshold(metadata: dict, default: float = 0.5) -> float:
     threshold : float
         In (0, 1).
     """
+    chosen = (metadata.get("postprocessing") or {}).get("threshold")
+    if isinstance(chosen, int | float) and 0.0 < chosen < 1.0:
+        return float(chosen)
     card = metadata.get("pretrained") or {}
     value = (card.get("postprocessing") or {}).get("threshold", default)
     return float(value)

@@ -13,7 +13,9 @@ then uses them by default (:func:`postprocessing_options`).
 Metrics: ``"dsb"`` (the Data Science Bowl 2018 score, mean AP over IoU 0.5 to
 0.95, mean over images), ``"ap50"`` (AP at IoU 0.5, mean over images),
 ``"rand"`` and ``"pixel"`` (ISBI 2012 Rand and pixel errors of the labels,
-counts pooled over the images).
+counts pooled over the images), ``"isbi"`` (their sum: the challenge reports
+both, and a choice for one alone gives up the other, e.g. a low threshold
+that closes every membrane gap but makes membranes too thin).
 """
 
 from __future__ import annotations
@@ -41,13 +43,18 @@ __all__ = [
     "score_labels",
 ]
 
-METRICS = ("dsb", "ap50", "rand", "pixel")
+METRICS = ("dsb", "ap50", "rand", "pixel", "isbi")
+_ERRORS = ("rand", "pixel", "isbi")
 # Settings passed on to probabilities_to_labels; the others in the stored
 # dict (metric, score, ...) are a record of how they were chosen.
 _OPTIONS = ("method", "threshold", "seed_threshold", "min_size", "min_seed_size", "split_depth")
 # Sizes are areas in pixels of the model's scale: they scale with zoom**2.
 _AREAS = ("min_size", "min_seed_size")
 _COARSE = tuple(round(float(t), 2) for t in np.arange(0.2, 0.91, 0.05))
+# Seeded growth: the foreground may reach far into uncertain membrane (the
+# seeds keep cells apart), so its threshold is searched low as well.
+_LOW = (0.02, 0.03, 0.05, 0.1, 0.15)
+_SEEDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
 def score_labels(
@@ -59,10 +66,10 @@ def score_labels(
     ----------
     truths, predictions : sequence of ndarray of int, each (Y, X)
         True and predicted instances, 0 = background.
-    metric : {"dsb", "ap50", "rand", "pixel"}
+    metric : {"dsb", "ap50", "rand", "pixel", "isbi"}
         ``"dsb"``/``"ap50"``: mean over images of the DSB 2018 score / AP at
         IoU 0.5; ``"rand"``/``"pixel"``: the ISBI 2012 Rand / pixel error with
-        counts pooled over the images.
+        counts pooled over the images; ``"isbi"``: their sum.
 
     Returns
     -------
@@ -71,20 +78,21 @@ def score_labels(
     """
     if metric not in METRICS:
         raise ValueError(f"`metric` must be one of {METRICS}, got {metric!r}")
-    values, pooled = [], np.zeros(3)
+    values, pairs, pixels = [], np.zeros(3), np.zeros(3)
     for truth, pred in zip(truths, predictions, strict=True):
         if metric in ("dsb", "ap50"):
             kwargs = {"thresholds": (0.5,)} if metric == "ap50" else {}
             values.append(average_precision(truth, pred, **kwargs)["mean_ap"])
-        elif metric == "rand":
-            pooled += _rand_counts(truth, pred)
-        else:
-            pooled += _pixel_counts(truth != 0, pred != 0)
+            continue
+        if metric in ("rand", "isbi"):
+            pairs += _rand_counts(truth, pred)
+        if metric in ("pixel", "isbi"):
+            pixels += _pixel_counts(truth != 0, pred != 0)
     if metric in ("dsb", "ap50"):
         return float(np.mean(values))
-    if metric == "rand":
-        return float(_rand_from_counts(*pooled)["rand_error"])
-    return float(_pixel_error_from_counts(*pooled))
+    rand = float(_rand_from_counts(*pairs)["rand_error"])
+    pixel = float(_pixel_error_from_counts(*pixels))
+    return {"rand": rand, "pixel": pixel, "isbi": rand + pixel}[metric]
 
 
 def _score(
@@ -96,7 +104,7 @@ def _score(
     """The metric of one setting over all images; larger is better."""
     preds = [probabilities_to_labels(p, spatial_dims=2, **options) for p in probabilities]
     value = score_labels(truths, preds, metric)
-    return -value if metric in ("rand", "pixel") else value
+    return -value if metric in _ERRORS else value
 
 
 def choose_postprocessing(
@@ -104,7 +112,7 @@ def choose_postprocessing(
     labels: Sequence[np.ndarray],
     *,
     metric: str = "dsb",
-    methods: Sequence[str] = ("watershed", "components"),
+    methods: Sequence[str] | None = None,
     thresholds: Sequence[float] = _COARSE,
     progress: Callable[[int, int], Any] | None = None,
 ) -> dict[str, Any]:
@@ -112,9 +120,10 @@ def choose_postprocessing(
 
     Coordinate search, each step keeping the best so far: for each method,
     the foreground threshold; then (watershed) the seed threshold of three-
-    class models or the split depth of two-class ones; then the minimum
-    object (and seed) size; then the threshold again, finely, around the
-    best. Ties keep the earlier (simpler, default-like) setting.
+    class models or the split depth of two-class ones, (seeded) the seed
+    threshold and minimum seed size; then the minimum object (and seed)
+    size; then the threshold again, finely, around the best. Ties keep the
+    earlier (simpler, default-like) setting.
 
     Parameters
     ----------
@@ -122,14 +131,17 @@ def choose_postprocessing(
         The model's probabilities on the validation images (at the scale it
         predicts them: size thresholds are in those pixels).
     labels : sequence of ndarray of int, each (Y, X)
-        Their true instances (0 = background); for ``"rand"``/``"pixel"``
-        the ISBI cells (4-connected components of the cell class).
-    metric : {"dsb", "ap50", "rand", "pixel"}
+        Their true instances (0 = background); for ``"rand"``/``"pixel"``/
+        ``"isbi"`` the ISBI cells (4-connected components of the cell class).
+    metric : {"dsb", "ap50", "rand", "pixel", "isbi"}
         What to maximise (errors are minimised).
-    methods : sequence of {"watershed", "components"}
-        Methods to try.
+    methods : sequence of {"watershed", "components", "seeded"}, optional
+        Methods to try; default all three for two-class (membrane) models,
+        ``"watershed"`` and ``"components"`` for three-class ones (whose
+        watershed is already seeded).
     thresholds : sequence of float
-        Coarse foreground thresholds to try, in (0, 1).
+        Coarse foreground thresholds to try, in (0, 1); ``"seeded"`` also
+        tries 0.02-0.15.
     progress : callable, optional
         ``progress(done, total)`` after each setting tried (total grows as
         the search proceeds).
@@ -152,10 +164,14 @@ def choose_postprocessing(
             f"need as many label images as probability maps (at least one), got "
             f"{len(labels)} and {len(probabilities)}"
         )
-    unknown = set(methods) - {"watershed", "components"}
-    if unknown or not methods:
-        raise ValueError(f"`methods` must be among ('watershed', 'components'), got {methods}")
     classes = int(np.asarray(probabilities[0]).shape[0])
+    if methods is None:
+        methods = ("watershed", "components") + (("seeded",) if classes == 2 else ())
+    unknown = set(methods) - {"watershed", "components", "seeded"}
+    if unknown or not methods:
+        raise ValueError(
+            f"`methods` must be among ('watershed', 'components', 'seeded'), got {methods}"
+        )
     tried: dict[tuple, float] = {}
 
     def score(options: dict[str, Any]) -> float:
@@ -176,28 +192,12 @@ def choose_postprocessing(
 
     default = {"method": "watershed", "threshold": 0.5}
     default_score = score(default) if "watershed" in methods else None
-    finalists = []
-    for method in methods:
-        options = best_of({"method": method, "threshold": 0.5}, "threshold", thresholds)
-        if method == "watershed" and classes == 3:
-            t = options["threshold"]
-            seeds = [round(float(s), 2) for s in np.arange(0.5, 0.96, 0.05) if s >= t - 1e-9]
-            options = best_of({**options, "seed_threshold": max(t, 0.7)}, "seed_threshold", seeds)
-            options = best_of({**options, "min_seed_size": 4}, "min_seed_size", (1, 8, 16, 32))
-        elif method == "watershed":
-            options = best_of({**options, "split_depth": 2.0}, "split_depth", (1.0, 3.0, 5.0, 8.0))
-        options = best_of({**options, "min_size": 16}, "min_size", (0, 4, 8, 32, 64, 128))
-        t = options["threshold"]
-        fine = [round(float(t + d), 3) for d in (-0.04, -0.02, 0.02, 0.04) if 0 < t + d < 1]
-        if "seed_threshold" in options:
-            fine = [f for f in fine if f <= options["seed_threshold"]]
-        options = best_of(options, "threshold", fine)
-        finalists.append(options)
+    finalists = [_search(method, classes, thresholds, best_of) for method in methods]
     # On a tie the simpler connected components win.
     finalists.sort(key=lambda options: options["method"] != "components")
     chosen = max(finalists, key=score)
     value = score(chosen)
-    error = metric in ("rand", "pixel")
+    error = metric in _ERRORS
     return {
         **chosen,
         "metric": metric,
@@ -208,6 +208,35 @@ def choose_postprocessing(
         "images": len(labels),
         "tried": len(tried),
     }
+
+
+def _search(
+    method: str,
+    classes: int,
+    thresholds: Sequence[float],
+    best_of: Callable[[dict[str, Any], str, Sequence[Any]], dict[str, Any]],
+) -> dict[str, Any]:
+    """The coordinate search of one method (see :func:`choose_postprocessing`)."""
+    if method == "seeded":
+        start = {"method": method, "threshold": 0.5, "seed_threshold": 0.7, "min_seed_size": 16}
+        options = best_of(start, "threshold", sorted({*_LOW, *thresholds}))
+        options = best_of(options, "seed_threshold", _SEEDS)
+        options = best_of(options, "min_seed_size", (1, 4, 64, 200))
+    else:
+        options = best_of({"method": method, "threshold": 0.5}, "threshold", thresholds)
+    if method == "watershed" and classes == 3:
+        t = options["threshold"]
+        seeds = [round(float(s), 2) for s in np.arange(0.5, 0.96, 0.05) if s >= t - 1e-9]
+        options = best_of({**options, "seed_threshold": max(t, 0.7)}, "seed_threshold", seeds)
+        options = best_of({**options, "min_seed_size": 4}, "min_seed_size", (1, 8, 16, 32))
+    elif method == "watershed":
+        options = best_of({**options, "split_depth": 2.0}, "split_depth", (1.0, 3.0, 5.0, 8.0))
+    options = best_of({**options, "min_size": 16}, "min_size", (0, 4, 8, 32, 64, 128))
+    t = options["threshold"]
+    fine = [round(float(t + d), 3) for d in (-0.04, -0.02, 0.02, 0.04) if 0 < t + d < 1]
+    if method == "watershed" and "seed_threshold" in options:
+        fine = [f for f in fine if f <= options["seed_threshold"]]
+    return best_of(options, "threshold", fine)
 
 
 def scaled_sizes(options: Mapping[str, Any], factor: float) -> dict[str, Any]:

@@ -339,6 +339,8 @@ class PredictWidget(ScrollDock):
                 from ..pretrained import recommended_threshold
 
                 self._threshold.value = recommended_threshold(meta)
+                # e.g. em-membranes: TTA chosen on its validation slices
+                self._tta.value = bool((meta.get("postprocessing") or {}).get("tta", False))
         self._suggest_channel_axis()
 
     def _on_image_changed(self, *_: Any) -> None:

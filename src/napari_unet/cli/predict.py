@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +63,12 @@ def add_parser(subparsers: Any, parents: list) -> None:
 
 def _add_settings(parser: argparse.ArgumentParser) -> None:
     """The pipeline settings (napari_unet.segment.SegmentConfig)."""
-    parser.add_argument("--tta", action="store_true", help="average over 8 rotations/flips")
+    parser.add_argument(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="average over 8 rotations/flips (default: the model's choice; em-membranes: on)",
+    )
     parser.add_argument("--tile", type=int, metavar="N", help="input tile side (default: auto)")
     parser.add_argument("--batch-size", type=int, default=1, help="tiles per forward pass")
     parser.add_argument(
@@ -443,6 +449,8 @@ def _run_chunked(args: argparse.Namespace, model: tuple, config: Any) -> int:
         raise CommandError(
             "--tta is not available in chunked mode (Zarr, large TIFF)", code=EXIT_USAGE
         )
+    if args.tta is None:  # the model's recommended TTA does not apply here
+        config = replace(config, tta=False)
     inputs = _chunked_inputs(args.inputs)
     chunks = _parse_chunks(args.chunks)
     if args.labels_margin < 1:

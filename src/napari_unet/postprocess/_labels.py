@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-_METHODS = ("watershed", "components")
+_METHODS = ("watershed", "components", "seeded")
 _TOLERANCE = 1e-5
 # Seeds must be confident interior: at 0.5, blurred thin borders let seeds of
 # touching cells join through the border (synthetic touching cells: AP@0.5
@@ -74,18 +74,27 @@ def probabilities_to_labels(
         (h-maxima, so a flat ridge is one seed; every component gets at least
         one seed). ``"components"``: connected
         components only, of ``probs[1] > threshold`` (the border class then
-        stays background).
+        stays background). ``"seeded"``: seeds are the connected components
+        of confident cell interior (``probs[1] > seed_threshold``, at least
+        `min_seed_size` pixels; smaller ones are flooded by their
+        neighbours), grown by a watershed on ``1 - probs[1]`` over the
+        foreground (as ``"watershed"`` with 3 classes, and for 2-class
+        models too) until they meet, with a one-pixel background line where
+        they meet: a gap in a membrane is closed along the probability's
+        valley and every cell stays its own 4-connected component
+        (membrane models, e.g. ISBI 2012, with a low `threshold`).
     threshold : float, optional
         Foreground threshold in (0, 1).
     seed_threshold : float, optional
-        Cell-interior threshold for watershed seeds (3 classes); default
+        Cell-interior threshold for watershed seeds (3 classes, or
+        ``"seeded"``); default
         ``max(threshold, 0.7)``. Raise it when touching cells merge, lower it
         when cells split.
     min_size : int, optional
         Objects smaller than this (pixels or voxels, after hole filling) are
         removed.
     min_seed_size : int, optional
-        Seeds smaller than this are dropped (3 classes), so that noise in a
+        Seeds smaller than this are dropped (3 classes, or ``"seeded"``), so that noise in a
         border does not cut a cell.
     split_depth : float, optional
         2-class watershed: two touching cells are split when the neck between
@@ -215,6 +224,11 @@ def _label_one(
     cell = probs[1]
     if method == "components":
         labels = label(cell > threshold, connectivity=1)
+    elif method == "seeded":
+        foreground = (cell + probs[2] if probs.shape[0] == 3 else cell) > threshold
+        labels = _grow_seeds(
+            cell, foreground, seed_threshold, min_seed_size=min_seed_size, footprint=footprint
+        )
     elif probs.shape[0] == 3:
         foreground = (cell + probs[2]) > threshold
         seeds = label((cell > seed_threshold) & foreground, connectivity=1)
@@ -228,11 +242,59 @@ def _label_one(
         foreground = cell > threshold
         labels = _split_by_distance(foreground, split_depth=split_depth, footprint=footprint)
     if fill_holes:
-        labels = _fill_holes(labels)
+        labels = _fill_holes(labels, keep_apart=method == "seeded")
     labels = _remove_small(labels, min_size)
     from skimage.segmentation import relabel_sequential
 
     return relabel_sequential(labels.astype(np.int32, copy=False))[0]
+
+
+def _grow_seeds(
+    cell: np.ndarray,
+    foreground: np.ndarray,
+    seed_threshold: float,
+    *,
+    min_seed_size: int,
+    footprint: np.ndarray,
+) -> np.ndarray:
+    """Confident interiors grown over the foreground, a one-pixel line apart."""
+    from skimage.measure import label
+    from skimage.segmentation import watershed
+
+    seeds = label((cell > seed_threshold) & foreground, connectivity=1)
+    seeds = _remove_small(seeds, min_seed_size)
+    labels = watershed(
+        1.0 - cell, markers=seeds, mask=foreground, connectivity=footprint, watershed_line=True
+    )
+    # Foreground parts that hold no seed would vanish: cells of their own.
+    # (Not "foreground & labels == 0": that would also fill the lines.)
+    parts = label(foreground, connectivity=1)
+    seeded = np.zeros(int(parts.max()) + 1, dtype=bool)
+    seeded[parts[seeds > 0]] = True
+    seeded[0] = True
+    orphans = ~seeded[parts]
+    labels = np.where(orphans, parts + labels.max(), labels)
+    return _largest_pieces(labels)
+
+
+def _largest_pieces(labels: np.ndarray) -> np.ndarray:
+    """Keep each object's largest connected piece (lines can cut off a few pixels)."""
+    from skimage.measure import label
+
+    pieces = label(labels > 0, connectivity=1)
+    inside = pieces > 0
+    span = int(pieces.max()) + 1
+    keys, counts = np.unique(
+        labels[inside].astype(np.int64) * span + pieces[inside], return_counts=True
+    )
+    objects, piece = keys // span, keys % span
+    order = np.lexsort((-counts, objects))
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = objects[order][1:] != objects[order][:-1]
+    keep = np.zeros(span, dtype=bool)
+    keep[piece[order][first]] = True
+    keep[0] = True
+    return np.where(keep[pieces], labels, 0)
 
 
 def _split_by_distance(
@@ -259,7 +321,7 @@ def _split_by_distance(
     return watershed(-distance, markers=markers, mask=foreground, connectivity=footprint)
 
 
-def _fill_holes(labels: np.ndarray) -> np.ndarray:
+def _fill_holes(labels: np.ndarray, *, keep_apart: bool = False) -> np.ndarray:
     # Per object, on its bounding box only: cost grows with the objects'
     # sizes, not (number of objects) x (image size).
     out = labels.copy()
@@ -267,8 +329,14 @@ def _fill_holes(labels: np.ndarray) -> np.ndarray:
         if box is None:
             continue
         crop = labels[box] == index
-        holes = ndi.binary_fill_holes(crop) & ~crop & (out[box] == 0)
-        out[box][holes] = index
+        holes = ndi.binary_fill_holes(crop) & ~crop
+        if keep_apart:
+            # A hole that holds another object keeps its background line
+            # around it, so the two stay separate components.
+            parts, _ = ndi.label(holes)
+            occupied = np.unique(parts[holes & (out[box] != 0)])
+            holes &= ~np.isin(parts, occupied[occupied > 0])
+        out[box][holes & (out[box] == 0)] = index
     return out
 
 

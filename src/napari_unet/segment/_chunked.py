@@ -8,6 +8,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -125,13 +126,15 @@ def _chunked_input(
     return data, axis, axes, scale
 
 
-def _check_chunked(config: SegmentConfig, margin: int) -> None:
-    if config.tta:
+def _check_chunked(config: SegmentConfig | None, margin: int) -> SegmentConfig:
+    """The settings without TTA (an explicit ``tta=True`` fails; a model's choice is dropped)."""
+    if config is not None and config.tta:
         raise ValueError(
             "test-time augmentation is not available in chunked mode (Zarr, large TIFF)"
         )
     if margin < 1:
         raise ValueError(f"the labels margin must be >= 1, got {margin}")
+    return replace(config or SegmentConfig(), tta=False)
 
 
 def _margins(net: nn.Module, margin: int) -> tuple[int, ...]:
@@ -185,7 +188,8 @@ def segment_chunked(
     Parameters
     ----------
     model, config, normalization
-        As for :func:`segment` (``tta`` is not available here).
+        As for :func:`segment` (``tta`` is not available here: a model's
+        recommended TTA is not applied, an explicit ``tta=True`` fails).
     source : path
         Read with :func:`napari_unet.io.open_chunked` (OME-Zarr: its first level).
     labels_path : path
@@ -232,10 +236,10 @@ def segment_chunked(
     from ..postprocess import labels_dask
     from ..tiling import predict_dask
 
+    config = _check_chunked(config, margin)
     net, config, normalization = _setup(model, config, normalization)
     nd = int(getattr(net, "spatial_dims", 2))
     source, labels_path = Path(source), Path(labels_path)
-    _check_chunked(config, margin)
     channel_axis = _axes_channel_axis(config, channel_axis)
     data, axis, axes, scale = _chunked_input(open_chunked(source), net, channel_axis, chunks)
     leading = [a for a in range(data.ndim - nd) if a != axis]

@@ -36,8 +36,10 @@ class SegmentConfig:
     tile : int, optional
         Input tile side in pixels (rounded up to a valid size); None picks
         the largest that fits the device's memory budget.
-    tta : bool
+    tta : bool, optional
         Test-time augmentation: average the 8 rotations and flips (8x slower).
+        None: the model's recommendation (``tta`` in its ``postprocessing``,
+        chosen on its validation images, e.g. ``em-membranes``), else off.
     threshold : float, optional
         Foreground threshold in (0, 1); None: the model's recommendation
         (bundled models store one), else 0.5.
@@ -91,7 +93,7 @@ class SegmentConfig:
     """
 
     tile: int | None = None
-    tta: bool = False
+    tta: bool | None = None
     threshold: float | None = None
     batch_size: int = 1
     device: str | None = "auto"
@@ -164,6 +166,8 @@ class SegmentConfig:
         }
         if self.threshold is None:
             changes["threshold"] = stored.get("threshold", recommended_threshold(dict(metadata)))
+        if self.tta is None:
+            changes["tta"] = bool((metadata.get("postprocessing") or {}).get("tta", False))
         if self.level is None and card.get("level") is not None:
             changes["level"] = int(card["level"])
         if self.precision == "auto":

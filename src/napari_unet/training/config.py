@@ -90,9 +90,10 @@ class TrainConfig:
         connected components, seed and size limits) on the fully annotated
         validation planes and store it in the model files
         (:func:`napari_unet.tuning.choose_postprocessing`).
-    postprocessing_metric : {"auto", "dsb", "ap50", "rand", "pixel"}
+    postprocessing_metric : {"auto", "dsb", "ap50", "rand", "pixel", "isbi"}
         What that choice maximises; ``"auto"``: the DSB score with the
-        border class (instances), else the ISBI Rand error (cells).
+        border class (instances), else the sum of the ISBI Rand and pixel
+        errors (cells; ``"isbi"``).
     normalization : {"image", "dataset", "none"}
         Scope of the percentile normalisation (see
         :class:`~napari_unet.normalize.Normalization`).
@@ -202,7 +203,7 @@ class TrainConfig:
             ("lr_schedule", _SCHEDULES),
             ("loss", ("auto", *_LOSSES)),
             ("monitor", ("val_loss", "pixel_error", "rand_error")),
-            ("postprocessing_metric", ("auto", "dsb", "ap50", "rand", "pixel")),
+            ("postprocessing_metric", ("auto", "dsb", "ap50", "rand", "pixel", "isbi")),
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"`{name}` must be one of {allowed}, got {getattr(self, name)!r}")

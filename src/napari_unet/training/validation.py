@@ -73,7 +73,7 @@ def _choose_postprocessing(
         yield Progress(index + 1, len(usable), "postprocessing")
     metric = config.postprocessing_metric
     if metric == "auto":
-        metric = "dsb" if config.border_class else "rand"
+        metric = "dsb" if config.border_class else "isbi"
     labels = [p.labels for p in usable]
     return choose_postprocessing(probabilities, labels, metric=metric)
 
