@@ -172,3 +172,27 @@ def test_command_line_says_which_axis_it_links(stack_and_model, tmp_path, capsys
     assert "planes of axis 0, 3 planes, linked into 3D objects" in lines[0]
     assert "planes of axis 0 (Z), 3 planes, linked into 3D objects" in lines[1]
     assert "planes not linked (no Z axis" in lines[2]
+
+
+def test_link_lookup_links_z_within_each_time_point(tmp_path):
+    from napari_unet.segment._link_chunked import chunked_z_axis, link_lookup
+
+    truth = synthetic_cells((4, 48, 48), radius=(6.0, 9.0), spacing=(2.0, 1.0, 1.0), seed=2)[1]
+    series = np.stack([truth, truth[::-1]])  # (T, Z, Y, X)
+    planes = np.zeros(series.shape, np.uint32)
+    offset = 0
+    for index in np.ndindex(*series.shape[:2]):  # per-plane ids, unique over the series
+        planes[index] = np.where(series[index] > 0, series[index] + offset, 0)
+        offset += int(series.max())
+    store = zarr.open_array(
+        str(tmp_path / "t.zarr"), mode="w", shape=planes.shape, chunks=(1, 1, 24, 24), dtype="u4"
+    )
+    store[:] = planes
+    z = chunked_z_axis(["t", "z", "y", "x"], None)
+    assert z == 1 and chunked_z_axis(["t", "y", "x"], None) is None
+    assert chunked_z_axis(["a", "b", "y", "x"], "ZTYX") == 0
+    linked = link_lookup(store, z)[planes]
+    for t in range(2):
+        assert _same_partition(linked[t], link_planes(planes[t]))
+    # No object spans two time points.
+    assert not set(np.unique(linked[0])) & set(np.unique(linked[1])) - {0}
