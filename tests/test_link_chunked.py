@@ -49,6 +49,7 @@ def stack_and_model():
     return image, net
 
 
+@pytest.mark.slow
 def test_chunked_linked_labels_equal_the_in_memory_linked_labels(stack_and_model, tmp_path):
     from napari_unet.io import create_ome_zarr
     from napari_unet.segment import segment_chunked

@@ -48,6 +48,7 @@ def test_memory_estimate_tiles_a_volume_for_a_3d_model():
     assert 0 < small < large
 
 
+@pytest.mark.slow
 def test_chunked_3d_segmentation_equals_the_in_memory_volume(tmp_path):
     """A 3D model on a Zarr volume: 3D overlap-tile per chunk, instances merged across chunks."""
     zarr = pytest.importorskip("zarr")

@@ -105,6 +105,7 @@ def test_a_2d_image_for_a_3d_model_is_a_clear_error():
         predict_tiled(_net("valid"), np.zeros((32, 32), np.float32))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("padding", "depth", "shape"), [("valid", 2, (2, 40, 56, 60)), ("same", 1, (1, 48, 48, 52))]
 )

@@ -36,6 +36,7 @@ def test_annotated_mask_of_planes_box_and_layer():
         annotated_mask(labels, "layer", np.zeros((6, 10, 9)))
 
 
+@pytest.mark.slow
 def test_train_dock_trains_a_3d_unet_on_a_partly_annotated_volume(
     make_napari_viewer, qtbot, tmp_path, monkeypatch
 ):
