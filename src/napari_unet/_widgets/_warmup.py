@@ -5,7 +5,8 @@ optimiser and autograd), the first prediction SciPy and scikit-image parts:
 seconds of imports that hold the interpreter lock in long stretches, so the
 GUI stalled for up to a second after Start or Predict even though the work
 ran in a worker thread. Opening the Train or Predict dock starts the same
-imports (and one tiny step) in a background thread, once per process.
+imports (and one tiny step) in a background thread, once per process,
+half a second after the dock is built (so that the dock is drawn first).
 
 The docks themselves do not import PyTorch while they are built (that
 stalled the GUI for 2.5-3.5 s when the Predict or Train dock opened in a
@@ -28,10 +29,12 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["freeze_heap", "is_ready", "warm_up", "when_ready"]
+__all__ = ["freeze_heap", "is_ready", "warm_up", "warm_up_soon", "when_ready"]
 
 #: How often a dock looks whether its warm-up is done (ms).
 POLL_MS = 50
+#: How long after a dock is built its warm-up starts (ms; see warm_up_soon).
+START_DELAY_MS = 500
 
 _started: dict[str, threading.Thread] = {}
 _lock = threading.Lock()
@@ -119,6 +122,25 @@ def warm_up(kind: str) -> threading.Thread:
         return thread
 
 
+def warm_up_soon(kind: str, parent: Any) -> None:
+    """:func:`warm_up` after :data:`START_DELAY_MS`, from the event loop: the dock is drawn first.
+
+    The imports hold the interpreter lock in long stretches (loading
+    PyTorch's libraries: 0.3-1 s under load), when the GUI cannot repaint;
+    started in the constructor, they delayed the new dock itself. ``parent``
+    (the dock's QWidget) owns the timer: a dock closed at once starts nothing.
+    """
+    if kind in _started:
+        return
+    from qtpy.QtCore import QTimer
+
+    timer = QTimer(parent)
+    timer.setSingleShot(True)
+    timer.setInterval(START_DELAY_MS)
+    timer.timeout.connect(lambda: warm_up(kind))
+    timer.start()
+
+
 def _imported(name: str) -> bool:
     """``name`` is imported completely (not half-way, by another thread)."""
     module = sys.modules.get(name)
@@ -134,23 +156,24 @@ def is_ready(kind: str) -> bool:
 def when_ready(kind: str, callback: Callable[[], None], parent: Any) -> None:
     """Call ``callback()`` on the GUI thread once :func:`is_ready` (at once if it is now).
 
-    Otherwise the warm-up imports them in the background and a timer owned
-    by ``parent`` (a QObject: the dock's widget; the check ends with it)
-    looks every :data:`POLL_MS`. If the warm-up thread ends without them
-    (an import failed), ``callback`` still runs: its own imports then raise
-    the error where the user sees it.
+    Otherwise the warm-up imports them in the background (started by
+    :func:`warm_up_soon`) and a timer owned by ``parent`` (a QObject: the
+    dock's widget; the check ends with it) looks every :data:`POLL_MS`. If
+    the warm-up thread ends without them (an import failed), ``callback``
+    still runs: its own imports then raise the error where the user sees it.
     """
     if is_ready(kind):
         callback()
         return
     from qtpy.QtCore import QTimer
 
-    thread = warm_up(kind)
+    warm_up_soon(kind, parent)
     timer = QTimer(parent)
     timer.setInterval(POLL_MS)
 
     def check() -> None:
-        if is_ready(kind) or not thread.is_alive():
+        thread = _started.get(kind)
+        if is_ready(kind) or (thread is not None and not thread.is_alive()):
             timer.stop()
             timer.deleteLater()
             callback()

@@ -31,7 +31,7 @@ from ._layers import (
 )
 from ._session import TrainingEntry, session_for
 from ._ui import ScrollDock, heading
-from ._warmup import warm_up
+from ._warmup import warm_up_soon
 
 if TYPE_CHECKING:
     import napari
@@ -58,7 +58,7 @@ class AnnotateWidget(ScrollDock):
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__()
-        warm_up("annotate")  # SciPy, for the tidy-up tools and the training set
+        warm_up_soon("annotate", self.native)  # SciPy, for the tidy-up tools and the training set
         self._viewer = viewer
         self._session = session_for(viewer)
         self._alive = True

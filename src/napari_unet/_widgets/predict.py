@@ -45,7 +45,7 @@ from ._lifetime import JobError, report_error, watch_close
 from ._model_text import describe_model, technical_details
 from ._session import session_for
 from ._ui import ScrollDock, format_seconds
-from ._warmup import freeze_heap, warm_up, when_ready
+from ._warmup import freeze_heap, warm_up_soon, when_ready
 
 if TYPE_CHECKING:
     import napari
@@ -183,7 +183,7 @@ class PredictWidget(ScrollDock):
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__()
-        warm_up("predict")  # first-use imports in the background (see _warmup)
+        warm_up_soon("predict", self.native)  # first-use imports in the background (see _warmup)
         #: PyTorch and the model-file reader are imported (see _warmup.when_ready).
         self._ready = False
 

@@ -45,7 +45,7 @@ from ._presets import (
 )
 from ._session import TrainedModel, session_for
 from ._ui import ScrollDock, format_seconds
-from ._warmup import is_ready, warm_up, when_ready
+from ._warmup import is_ready, warm_up_soon, when_ready
 
 if TYPE_CHECKING:
     import napari
@@ -142,7 +142,7 @@ class TrainWidget(ScrollDock):
         super().__init__()
         # The engine's first-use imports, in the background while the user reads the dock
         # (see _warmup: in the worker after Start they stalled the GUI for up to 1 s).
-        warm_up("train")
+        warm_up_soon("train", self.native)
         #: PyTorch is imported: the architectures, devices and tile checks can be shown
         #: (until then the dock is built without them; see _warmup.when_ready).
         self._ready = is_ready("train")

@@ -14,7 +14,7 @@ from qtpy.QtCore import QTimer
 from ._layers import current_plane, layer_spacing, layers_of, on_layer_list_change, unique_name
 from ._session import session_for
 from ._ui import ScrollDock
-from ._warmup import freeze_heap, warm_up
+from ._warmup import freeze_heap, warm_up_soon
 
 if TYPE_CHECKING:
     import napari
@@ -40,10 +40,10 @@ class WeightMapWidget(ScrollDock):
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__()
+        warm_up_soon("annotate", self.native)  # SciPy, for the first preview
         # napari's full gc.collect() on every added layer then skips the objects alive
         # now (the imported libraries): the preview layers appear faster (see _warmup).
         freeze_heap()
-        warm_up("annotate")  # SciPy, for the first preview
         self._viewer = viewer
         self._session = session_for(viewer)
         self._alive = True
