@@ -105,12 +105,12 @@ def test_predict_rescaled_identity_model_and_channels():
     assert ((probs[1] > 0.5) == (labels > 0)).mean() > 0.97
 
 
-def _size_sensitive_model(model_diameter: float):
+def _size_sensitive_model(model_diameter: float, fragment: float = 0.5):
     """A fake network that only sees objects of about its training size.
 
     Objects whose diameter (in the pixels it is given) is within 0.7x-1.4x
     ``model_diameter`` come out whole; larger ones in fragments (a grid of
-    cuts every model_diameter / 2 pixels); smaller ones not at all.
+    cuts every ``fragment * model_diameter`` pixels); smaller ones not at all.
     """
 
     def predict(image):
@@ -123,7 +123,7 @@ def _size_sensitive_model(model_diameter: float):
             if 0.7 * model_diameter <= d <= 1.4 * model_diameter:
                 out[obj] = 1
             elif d > 1.4 * model_diameter:
-                step = max(2, int(model_diameter / 2))
+                step = max(2, int(model_diameter * fragment))
                 cut = np.zeros_like(obj)
                 cut[::step, :] = cut[:, ::step] = True
                 out[obj & ~cut] = 1
@@ -145,6 +145,19 @@ def test_estimate_diameter_finds_the_objects_size(radius):
     assert result["diameter"] == pytest.approx(2 * radius, rel=0.12)
     assert result["factor"] == pytest.approx(16.0 / result["diameter"])
     assert len(result["passes"]) >= 4
+
+
+def test_estimate_diameter_is_not_fooled_by_fragments_of_the_model_size():
+    # Nuclei five times the training size, cut by the network into pieces of
+    # about its training size at their own zoom: the coarse zoom that sees
+    # them whole is trusted, not the fine one that sees plausible fragments.
+    labels = discs(shape=(400, 400), radius=40.0, spacing=100, offset=(43.3, 44.7))
+    image = (labels > 0).astype(np.float32)
+    predict, label = _size_sensitive_model(model_diameter=16.0, fragment=1.1)
+    result = estimate_diameter(predict, label, image, 16.0, max_side=None)
+    at_one = next(p for p in result["passes"] if p["factor"] == 1.0)
+    assert at_one["diameter"] == pytest.approx(16.0, rel=0.1)  # fragments, closest to 16 px
+    assert result["diameter"] == pytest.approx(80.0, rel=0.05)
 
 
 def test_estimate_diameter_without_objects():

@@ -63,6 +63,20 @@ def test_auto_estimates_and_says_what_it_used():
     assert result.labels.shape == image.shape
 
 
+def test_auto_reuses_the_estimate_pass_at_the_chosen_zoom():
+    net, meta, seen = _model()
+    image = (_discs(8, 64) > 0).astype(np.float32)
+    auto = segment((net, meta), image, config=SegmentConfig.from_metadata(meta, device="cpu"))
+    # Each zoom of this small image is one tile: none was predicted twice.
+    assert len(seen) == len(set(seen))
+    factor = auto.info["factor"]
+    given = SegmentConfig.from_metadata(meta, device="cpu", diameter=16.0 / factor)
+    again = segment((net, meta), image, config=given)
+    assert again.info["factor"] == pytest.approx(factor)
+    np.testing.assert_allclose(auto.probabilities, again.probabilities, atol=1e-6)
+    np.testing.assert_array_equal(auto.labels, again.labels)
+
+
 def test_no_rescaling_for_none_two_class_models_and_old_files():
     image = (_discs(8, 64) > 0).astype(np.float32)
     net, meta, seen = _model(3)

@@ -42,7 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--init", default="nuclei", help="file or bundled name to start from")
     parser.add_argument("--iterations", type=int, default=6000)
-    parser.add_argument("--diameter", type=float, default=20.0)
+    parser.add_argument(
+        "--diameter", type=float, default=20.0, help="px; 0: no size normalisation (native)"
+    )
+    parser.add_argument("--zoom", type=float, nargs=2, default=(0.75, 1.33))
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--val-every", type=int, default=2000)
     parser.add_argument("--checkpoint-every", type=int, default=100)
@@ -61,8 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         lr_schedule="cosine",
         warmup=100,
         intensity=True,
-        object_diameter=args.diameter,
-        zoom_range=(0.75, 1.33),
+        object_diameter=args.diameter or None,
+        zoom_range=tuple(args.zoom),
         val_every=args.val_every,
         checkpoint_every=args.checkpoint_every,
         device="cpu",

@@ -258,19 +258,27 @@ def estimate_diameter(
     image: np.ndarray,
     model_diameter: float,
     *,
-    factors: Sequence[float] = (0.25, 0.5, 1.0, 2.0),
+    factors: Sequence[float] = (0.25, 0.5, 1.0),
     min_objects: int = 3,
     max_side: int | None = 512,
+    plausible: tuple[float, float] = (0.5, 2.5),
 ) -> dict[str, Any]:
     """Estimate the typical object diameter of an image with the model itself.
 
     The model runs on the image zoomed by each of ``factors``; at each zoom
     the objects it finds are measured (:func:`object_diameter`, converted to
-    the image's own pixels). The zoom at which the objects come out closest
-    to the model's training size (in log scale) is the one where the model
-    sees what it was trained on (too large and it fragments them, too small
-    and it merges or misses them), so its measurement is trusted; one more
-    pass at the zoom that measurement implies refines it.
+    the image's own pixels). The coarsest zoom at which the objects come out
+    with a plausible size for the model (``plausible`` times its training
+    size, as the model sees them) is trusted: a network shown objects much
+    larger than it was trained on cuts them into fragments of about its own
+    size, which at a finer zoom could pass for whole objects, while at a
+    coarse zoom whole objects of a plausible size are not fragments. When no
+    zoom gives a plausible size, the one closest to the training size (in
+    log scale) is trusted. One more pass at the zoom that the measurement
+    implies refines it; small objects (below half the training size) are
+    measured there, upscaled. When no zoom finds ``min_objects`` objects,
+    one more pass at twice the largest zoom looks for objects too small to
+    be seen.
 
     Parameters
     ----------
@@ -285,10 +293,14 @@ def estimate_diameter(
     model_diameter : float
         The model's ``object_diameter`` (pixels).
     factors : sequence of float
-        First-pass zooms. The default suits objects from about half to
-        eight times the training size.
+        First-pass zooms. The default suits objects from about a quarter
+        (through the refining pass) to ten times the training size, for a
+        third of the cost of also predicting at zoom 2.
     min_objects : int
         Zooms that find fewer objects are not trusted (unless none finds more).
+    plausible : (float, float)
+        Object sizes, as the model sees them, relative to its training size,
+        that a zoom may be trusted with.
     max_side : int, optional
         Each pass looks at the central part of the image that is at most
         this many pixels wide once zoomed (objects cut by its edges are not
@@ -300,15 +312,22 @@ def estimate_diameter(
     result : dict
         ``diameter`` (float, pixels of ``image``; ``nan`` when no zoom found
         an object), ``factor`` (the zoom it implies, 1.0 when unknown),
-        ``passes``: one ``{"factor", "objects", "diameter"}`` per pass.
+        ``passes``: one ``{"factor", "objects", "diameter"}`` per pass, and
+        ``probabilities``: ``{factor: probs}`` (restored to the image's size)
+        for the passes that saw the whole image, so the caller need not
+        predict again at one of these zooms.
     """
     if not (model_diameter > 0 and math.isfinite(model_diameter)):
         raise ValueError(f"`model_diameter` must be positive, got {model_diameter!r}")
     passes: list[dict[str, float]] = []
+    whole: dict[float, np.ndarray] = {}
 
     def measure(factor: float) -> dict[str, float]:
         view, cropped = _central_crop(image, max_side, factor)
-        labels = label(predict_rescaled(predict, view, factor), factor)
+        probs = predict_rescaled(predict, view, factor)
+        if not cropped:
+            whole[factor] = probs
+        labels = label(probs, factor)
         if cropped:  # objects cut by the crop would look small
             from skimage.segmentation import clear_border
 
@@ -320,18 +339,22 @@ def estimate_diameter(
 
     for factor in factors:
         measure(float(factor))
+    if factors and not any(p["objects"] >= min_objects for p in passes):
+        measure(2.0 * max(factors))  # objects too small to be found: look closer
     usable = [p for p in passes if p["objects"] >= min_objects] or [
         p for p in passes if p["objects"] > 0
     ]
     if not usable:
-        return {"diameter": math.nan, "factor": 1.0, "passes": passes}
+        return {"diameter": math.nan, "factor": 1.0, "passes": passes, "probabilities": whole}
 
     def mismatch(p: dict[str, float]) -> float:
         # The diameter measured at the original size is p["diameter"]; the
         # model saw objects of p["diameter"] * p["factor"] pixels.
         return abs(math.log(p["diameter"] * p["factor"] / model_diameter))
 
-    best = min(usable, key=mismatch)
+    low, high = plausible
+    sized = [p for p in usable if low <= p["diameter"] * p["factor"] / model_diameter <= high]
+    best = min(sized, key=lambda p: p["factor"]) if sized else min(usable, key=mismatch)
     refined = model_diameter / best["diameter"]
     if min(abs(math.log(refined / p["factor"])) for p in passes) > 0.1:
         again = measure(refined)
@@ -340,7 +363,12 @@ def estimate_diameter(
         ):
             best = again
     diameter = float(best["diameter"])
-    return {"diameter": diameter, "factor": model_diameter / diameter, "passes": passes}
+    return {
+        "diameter": diameter,
+        "factor": model_diameter / diameter,
+        "passes": passes,
+        "probabilities": whole,
+    }
 
 
 def _central_crop(

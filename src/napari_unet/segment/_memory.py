@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Generator
 from dataclasses import replace
 from typing import Any
@@ -84,17 +85,21 @@ def iter_segment(
 
     # One engine for the diameter estimate and all planes: its set-up is paid once.
     kwargs = _engine_kwargs(net, config)
-    factor, info = yield from _diameter_step(net, normalized, axis, config, kwargs)
+    factor, info, seen = yield from _diameter_step(net, normalized, axis, config, kwargs)
     shape = normalized.shape[-2:]
-    if factor != 1.0:
-        normalized = rescale_image(normalized, factor)
-    probs = yield from iter_predict_stack(
-        net, normalized, channel_axis=axis, tta=config.tta, **kwargs
-    )
+    if seen is not None:  # the estimate already predicted the whole image at this zoom
+        probs = seen
+    else:
+        if factor != 1.0:
+            normalized = rescale_image(normalized, factor)
+        probs = yield from iter_predict_stack(
+            net, normalized, channel_axis=axis, tta=config.tta, **kwargs
+        )
+        if factor != 1.0:
+            probs = restore_probabilities(probs, shape)
     info.update(_engine_info(kwargs["backend"]))
     del normalized
     if factor != 1.0:
-        probs = restore_probabilities(probs, shape)
         config = replace(config, postprocess=scaled_sizes(config.postprocess or {}, factor))
     labels = yield from _iter_label_planes(probs, config)
     labels, info["linked_axis"] = _link_z(labels, config)
@@ -154,17 +159,18 @@ def _diameter_step(
     axis: int | None,
     config: SegmentConfig,
     kwargs: dict[str, Any],
-) -> Generator[Progress, None, tuple[float, dict[str, Any]]]:
-    """The zoom that gives the objects the model's size, and what was used."""
+) -> Generator[Progress, None, tuple[float, dict[str, Any], np.ndarray | None]]:
+    """The zoom that gives the objects the model's size, what was used, and the
+    probabilities of the whole image at that zoom when the estimate made them."""
     diameter = config.diameter
     if diameter == "default":
         instance = config.num_classes == 3 and config.model_diameter is not None
         diameter = "auto" if instance else None
     if diameter is None or config.model_diameter is None:
-        return 1.0, {"diameter": None, "factor": 1.0}
+        return 1.0, {"diameter": None, "factor": 1.0}, None
     if diameter != "auto":
         factor = scale_factor(float(diameter), config.model_diameter, config.model_diameter_range)
-        return factor, {"diameter": float(diameter), "factor": factor, "estimated": False}
+        return factor, {"diameter": float(diameter), "factor": factor, "estimated": False}, None
     from ..tiling import predict_tiled
 
     # Estimated on one plane (the middle one of a stack), with its channels.
@@ -181,9 +187,16 @@ def _diameter_step(
     )
     yield Progress(1, 1, "diameter", {"diameter": found["diameter"]})
     if not np.isfinite(found["diameter"]):
-        return 1.0, {"diameter": None, "factor": 1.0, "estimated": True}
+        return 1.0, {"diameter": None, "factor": 1.0, "estimated": True}, None
     factor = scale_factor(found["diameter"], config.model_diameter, config.model_diameter_range)
-    return factor, {"diameter": round(found["diameter"], 2), "factor": factor, "estimated": True}
+    # A zoom within 10 % of one already tried is that one: no extra pass for a 10 % change.
+    tried = [p["factor"] for p in found["passes"]]
+    near = min(tried, key=lambda f: abs(math.log(f / factor)))
+    if abs(math.log(near / factor)) < 0.1:
+        factor = near
+    info = {"diameter": round(found["diameter"], 2), "factor": factor, "estimated": True}
+    single = normalized.shape == plane.shape and not config.tta
+    return factor, info, found["probabilities"].get(factor) if single else None
 
 
 def segment(
