@@ -189,6 +189,27 @@ def test_auto_switches_to_onnxruntime_when_it_pays_back_and_stays_exact(
     assert make_backend(valid_net, device="cpu").name == "onnxruntime"
 
 
+@pytest.mark.slow
+@needs_ort
+def test_auto_exports_once_past_small_calls_would_have_paid_for_it(monkeypatch, tmp_path):
+    net = UNet(depth=1, base_channels=2, dropout=0.0).eval()
+    monkeypatch.setenv(inference.CACHE_ENV, str(tmp_path))
+    monkeypatch.setattr(inference, "_EAGER_SECONDS", {})
+    image = np.random.default_rng(11).normal(size=(40, 40)).astype(np.float32)
+    first = make_backend(net, device="cpu")
+    predict_tiled(net, image, backend=first)  # one small call: nothing to pay back
+    assert first.name == "eager" and not (tmp_path / "onnx").exists()
+    # As if this model had already run eager for a long while in this process.
+    key = str(inference._cached_onnx_path(net))
+    assert inference._EAGER_SECONDS[key] > 0
+    inference._EAGER_SECONDS[key] = 10 * inference._EXPORT_COST_S
+    later = make_backend(net, device="cpu")
+    got = predict_tiled(net, image, backend=later)
+    assert later.name == "onnxruntime"  # decided on its first batch, exported once
+    assert len(list((tmp_path / "onnx").glob("*.onnx"))) == 1
+    np.testing.assert_allclose(got, predict_tiled(net, image, backend="eager"), atol=1e-5)
+
+
 @needs_ort
 def test_a_stack_announces_all_its_planes_to_the_backend(valid_net, monkeypatch, tmp_path):
     monkeypatch.setenv(inference.CACHE_ENV, str(tmp_path))

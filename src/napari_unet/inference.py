@@ -77,6 +77,11 @@ CACHE_ENV = "NAPARI_UNET_CACHE_DIR"
 # only when the eager time it saves in this prediction exceeds that cost.
 _ORT_EXPECTED_SPEEDUP = 1.9
 _EXPORT_COST_S = 30.0
+# Eager seconds each model (by its export's cache path) has run under "auto" in this
+# process: a model predicted with often, in many small calls (a folder of images, repeated
+# clicks on Predict), is exported once its past eager work would have paid for the export.
+_EAGER_SECONDS: dict[str, float] = {}
+_LEDGER_LOCK = threading.Lock()
 # Agreement a reduced precision must have shown (inference_check) to become a default.
 _MIN_CLASS_AGREEMENT = 0.999
 _MAX_INSTANCE_CHANGE = 0.01
@@ -231,7 +236,13 @@ class AutoBackend:
     how many) with ONNX Runtime would save more eager time than the export
     costs, the model is exported (or found in the cache), the second batch is
     run again with ONNX Runtime, and the switch happens only if both give the
-    same class on every pixel.
+    same class on every pixel. Eager time this model already ran under
+    ``auto`` in this process counts as well (and then the first batch
+    decides, its set-up being paid): the export is made once the time ONNX
+    Runtime would have saved so far, plus in this call, exceeds its cost, so a
+    model used in many small calls costs at most about twice the best choice
+    made in hindsight (the rent-or-buy rule), and a first prediction is never
+    slowed by an export that does not pay back within it.
     """
 
     def __init__(self, model: nn.Module, device: torch.device) -> None:
@@ -241,9 +252,13 @@ class AutoBackend:
         self._eager = EagerBackend(model, device, "fp32")
         self._current: Backend = self._eager
         self._decided = device.type != "cpu" or not _onnxruntime_available()
-        if not self._decided and _cached_onnx_path(model).exists():
-            self._current = OnnxRuntimeBackend(model, device)
-            self._decided = True
+        self._key = ""
+        if not self._decided:
+            path = _cached_onnx_path(model)
+            self._key = str(path)
+            if path.exists():
+                self._current = OnnxRuntimeBackend(model, device)
+                self._decided = True
         self._remaining = 0
         self._calls = 0
 
@@ -262,13 +277,18 @@ class AutoBackend:
             return self._current(tiles)
         start = time.perf_counter()
         probs = self._eager(tiles)
-        per_tile = (time.perf_counter() - start) / n
-        # The first call of a shape pays oneDNN's set-up: time the second one.
+        elapsed = time.perf_counter() - start
+        with _LEDGER_LOCK:
+            before = _EAGER_SECONDS.get(self._key, 0.0)
+            _EAGER_SECONDS[self._key] = before + elapsed
+        # The first call of a shape pays oneDNN's set-up: time the second one,
+        # unless this model already ran here (then its set-up is paid).
         self._calls += 1
-        if self._calls < 2:
+        if self._calls < 2 and not before:
             return probs
         self._decided = True
-        saved = self._remaining * per_tile * (1 - 1 / _ORT_EXPECTED_SPEEDUP)
+        coming = self._remaining * elapsed / n
+        saved = (before + coming) * (1 - 1 / _ORT_EXPECTED_SPEEDUP)
         if saved > _EXPORT_COST_S:
             self._switch(tiles, probs)
         return probs
