@@ -257,6 +257,13 @@ def _pick_and_paint(viewer, name: str, quick: bool, out: dict[str, float]) -> No
         lambda: docked.append(viewer.window.add_plugin_dock_widget(PLUGIN, "Weight map")[1]),
     )
     weights = docked[0]
+    # The user reads the dock a moment: its warm-up (SciPy, in the background) ends first.
+    _measure(
+        out,
+        "Weight map warm-up (background imports)",
+        None,
+        until=lambda: _warmed_up("annotate"),
+    )
     _settle()
     before = weights.updates
     _measure(
@@ -386,13 +393,19 @@ def _loadavg() -> str:
         return "unknown"
 
 
-def _warmed_up() -> bool:
-    """The widgets' background first-use imports are done (true for versions without them)."""
+def _warmed_up(kind: str | None = None) -> bool:
+    """The widgets' background first-use imports (of ``kind``: also started) are done.
+
+    True for versions without them.
+    """
     try:
-        from napari_unet._widgets._warmup import _started
+        from napari_unet._widgets import _warmup
     except ImportError:
         return True
-    return not any(thread.is_alive() for thread in _started.values())
+    started = _warmup._started
+    if kind is not None and hasattr(_warmup, "warm_up_soon") and kind not in started:
+        return False  # not started yet (it starts half a second after the dock is built)
+    return not any(thread.is_alive() for thread in started.values())
 
 
 def _ready(widget):
