@@ -16,6 +16,7 @@ pytest.importorskip("pytestqt")
 
 from napari_unet._modelfile import load_model, save_model
 from napari_unet._sample_data import make_cells_2d, make_cells_3d
+from napari_unet._widgets._warmup import wait_until_ready
 from napari_unet.models import UNet
 
 pytestmark = pytest.mark.gui
@@ -31,6 +32,9 @@ def _add_layers(viewer, layers):
 
 def _dock(viewer, name):
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
+    # Predict and Train fill in what needs PyTorch after their background warm-up
+    # (at once when this process has imported it already; tests/test_widgets_responsive.py).
+    wait_until_ready(widget)
     return widget
 
 

@@ -10,6 +10,7 @@ pytest.importorskip("pytestqt")
 
 from napari_unet._modelfile import load_model
 from napari_unet._sample_data import synthetic_cells
+from napari_unet._widgets._warmup import wait_until_ready
 from napari_unet._widgets.train_volume import annotated_mask
 
 pytestmark = pytest.mark.gui
@@ -19,6 +20,7 @@ WORKER_TIMEOUT_MS = 120_000
 
 def _train_dock(viewer):
     _, widget = viewer.window.add_plugin_dock_widget("napari-unet-cells", "Train")
+    wait_until_ready(widget)  # the architectures and devices, after the warm-up
     return widget
 
 

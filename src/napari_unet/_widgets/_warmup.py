@@ -26,10 +26,18 @@ import gc
 import importlib
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["freeze_heap", "is_ready", "warm_up", "warm_up_soon", "when_ready"]
+__all__ = [
+    "freeze_heap",
+    "is_ready",
+    "wait_until_ready",
+    "warm_up",
+    "warm_up_soon",
+    "when_ready",
+]
 
 #: How often a dock looks whether its warm-up is done (ms).
 POLL_MS = 50
@@ -180,3 +188,26 @@ def when_ready(kind: str, callback: Callable[[], None], parent: Any) -> None:
 
     timer.timeout.connect(check)
     timer.start()
+
+
+def wait_until_ready(widget: Any, timeout: float = 120.0) -> None:
+    """Process Qt events until a dock has filled in what needed PyTorch (scripts, tests).
+
+    ``widget`` is a step's widget or the U-Net dock (then all its steps).
+    A user never needs this: the dock fills itself in while they read it.
+
+    Raises
+    ------
+    TimeoutError
+        If the background warm-up has not finished after ``timeout`` seconds.
+    """
+    from qtpy.QtWidgets import QApplication
+
+    steps = widget.widgets.values() if isinstance(getattr(widget, "widgets", None), dict) else ()
+    steps = list(steps) or [widget]
+    deadline = time.monotonic() + timeout
+    while not all(getattr(step, "_ready", True) for step in steps):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the dock's background warm-up did not finish in {timeout:g} s")
+        QApplication.processEvents()
+        time.sleep(0.01)

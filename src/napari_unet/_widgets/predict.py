@@ -23,6 +23,7 @@ from magicgui.widgets import (
 from napari.layers import Image
 from napari.qt import thread_worker
 from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import QTimer
 
 from ..progress import Progress
 from ._layers import (
@@ -575,7 +576,20 @@ class PredictWidget(ScrollDock):
                     visible=name == "cell",
                     **transform,
                 )
-        seconds = time.perf_counter() - self._started
+        # A progress bar repaints at once when its value changes: the report waits for the next
+        # event-loop turn, so that this turn only adds the layers (two short stalls, not one).
+        self._job["report"] = (n, layer.name, time.perf_counter() - self._started)
+        QTimer.singleShot(0, self._report_result)
+
+    def _report_result(self) -> None:
+        """The run's last step after its layers were added: progress, status, then idle."""
+        report = self._job.pop("report", None)
+        if report is not None and self._alive:
+            self._show_report(*report)
+        if self._job.pop("finished", False):
+            self._end_run()
+
+    def _show_report(self, n: int, name: str, seconds: float) -> None:
         self._progress.value = 1000
         grey = " (converted to grey)" if self._job.get("colour") == GREY else ""
         info = self._job.get("info") or {}
@@ -584,7 +598,7 @@ class PredictWidget(ScrollDock):
         if info.get("backend"):  # the engine that ran (what "auto" chose)
             grey += f" [{info['backend']} {info['precision']}]"
         self._status.value = (
-            f"{n} cells found{grey} in {format_seconds(seconds)} -> '{elide(layer.name)}'"
+            f"{n} cells found{grey} in {format_seconds(seconds)} -> '{elide(name)}'"
         )
 
     def _on_aborted(self) -> None:
@@ -607,6 +621,12 @@ class PredictWidget(ScrollDock):
             self._status.value = f"failed: {err}"
 
     def _on_finished(self) -> None:
+        if "report" in self._job:
+            self._job["finished"] = True  # the run ends once its result is reported
+            return
+        self._end_run()
+
+    def _end_run(self) -> None:
         self.worker = None
         if self._alive:
             self._set_running(False)
