@@ -258,3 +258,18 @@ def test_seeded_small_seeds_are_flooded_by_their_neighbours():
     assert kept.max() == 3  # the speck is a cell of its own
     assert merged.max() == 2  # no seed of its own: its cell floods it
     assert np.all(merged[5:7, 5:7] == merged[10, 8])
+
+
+def test_seed_erosion_cuts_a_thin_confident_bridge():
+    # Two 14x14 cells joined by a confident 2-pixel bridge through their membrane.
+    probs = _cells_with_a_leaky_membrane()
+    probs[1, 9:11, 16:19] = 0.95
+    probs[0] = 1.0 - probs[1]
+    options = {"method": "seeded", "threshold": 0.3, "seed_threshold": 0.9, "min_size": 0}
+    assert probabilities_to_labels(probs, **options).max() == 1  # one seed across the bridge
+    labels = probabilities_to_labels(probs, seed_erosion=2, **options)
+    assert labels.max() == 2 and ndi.label(labels > 0)[1] == 2
+    # The growth gives the eroded width back: the cells are whole again.
+    assert np.count_nonzero(labels[3:17, 2:16] == labels[10, 8]) == 14 * 14
+    with pytest.raises(ValueError, match="seed_erosion"):
+        probabilities_to_labels(probs, seed_erosion=-1, **options)

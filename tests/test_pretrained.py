@@ -113,26 +113,26 @@ def test_em_membranes_model_on_a_validation_slice(isbi2012):
 def test_em_membranes_default_labels_on_a_validation_slice(isbi2012):
     # What `napari-unet predict --model em-membranes` gives with no options:
     # the post-processing (and TTA) stored in the file, chosen on slices 20-24.
-    crop = (slice(128, 384), slice(128, 384))
-    image = read_image(isbi2012 / "images" / "slice_20.png")[crop]
-    truth = read_image(isbi2012 / "labels" / "slice_20.png")[crop]
-    cells = mask_to_instances(truth)  # 39
+    # A whole slice: on crops a single merge moves the Rand error by 0.1.
+    image = read_image(isbi2012 / "images" / "slice_20.png")
+    truth = read_image(isbi2012 / "labels" / "slice_20.png")
+    cells = mask_to_instances(truth)  # 96
     model, meta = load_pretrained("em-membranes")
     config = SegmentConfig.from_metadata(meta, device="cpu")
     assert config.tta and config.postprocess["method"] == "seeded"
     labels = segment((model, meta), image, config=config).labels
-    # Measured on this crop: Rand error 0.056, pixel error 0.083, 39 cells.
-    assert rand_error(cells, labels) < 0.12
-    assert pixel_error(truth, labels) < 0.11
+    # Measured: Rand error 0.047, pixel error 0.069, 103 cells.
+    assert rand_error(cells, labels) < 0.10
+    assert pixel_error(truth, labels) < 0.08
     assert abs(int(labels.max()) - int(cells.max())) <= 0.25 * cells.max()
     # Cells are apart as a binary image too (how the ISBI evaluation labels them).
     assert ndi.label(labels > 0)[1] == labels.max()
     # The user's settings win: the previous default (components > 0.28, no
-    # TTA) merges cells through membrane gaps (measured: Rand error 0.19).
+    # TTA) merges cells through membrane gaps (measured: Rand error 0.158).
     old = SegmentConfig.from_metadata(
         meta, device="cpu", tta=False, threshold=0.28, postprocess={"method": "components"}
     )
-    assert rand_error(cells, segment((model, meta), image, config=old).labels) > 0.15
+    assert rand_error(cells, segment((model, meta), image, config=old).labels) > 0.13
 
 
 def test_real_sample_data_layers():

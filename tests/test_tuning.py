@@ -94,6 +94,10 @@ def test_postprocessing_options_scale_and_override():
     # Predicted at half size: areas in the image's pixels are 4 times larger.
     assert postprocessing_options(meta, factor=0.5)["min_size"] == 128
     assert postprocessing_options(meta, factor=2.0)["min_seed_size"] == 2
+    # A seed erosion is a radius: it scales with the zoom itself.
+    eroded = {"postprocessing": {"method": "seeded", "seed_erosion": 3}}
+    assert postprocessing_options(eroded, factor=0.5)["seed_erosion"] == 6
+    assert postprocessing_options(eroded, factor=4.0)["seed_erosion"] == 1
     assert postprocessing_options(meta, overrides={"threshold": 0.4, "method": None}) == {
         **options,
         "threshold": 0.4,

@@ -40,7 +40,15 @@ ROOT = Path(__file__).resolve().parents[2]
 ISBI = ROOT.parent / "shared" / "data" / "isbi2012"
 # Keys that save_model sets from the model itself.
 _RESERVED = {"format", "format_version", "architecture", "arguments", "package_version"}
-_RECIPE = ("method", "threshold", "seed_threshold", "min_seed_size", "min_size", "split_depth")
+_RECIPE = (
+    "method",
+    "threshold",
+    "seed_threshold",
+    "min_seed_size",
+    "seed_erosion",
+    "min_size",
+    "split_depth",
+)
 
 
 def isbi(indices: range) -> tuple[list, list]:

@@ -344,7 +344,7 @@ def _check_postprocessing(source: object, key: str, value: Any) -> None:
         t = post["seed_threshold"]
         if not _is_number(t) or not 0.0 < t < 1.0:
             raise _fail(source, f"{key}.seed_threshold", t, "a number in (0, 1) or null")
-    for name in ("min_size", "min_seed_size"):
+    for name in ("min_size", "min_seed_size", "seed_erosion"):
         if post.get(name) is not None:
             _int(source, f"{key}.{name}", post[name], 0)
     if post.get("split_depth") is not None:

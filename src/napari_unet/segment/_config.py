@@ -22,6 +22,7 @@ _POSTPROCESS_KEYS = (
     "seed_threshold",
     "min_size",
     "min_seed_size",
+    "seed_erosion",
     "split_depth",
     "fill_holes",
 )
