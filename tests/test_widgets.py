@@ -737,6 +737,12 @@ def test_predict_uses_the_bundled_nuclei_model_by_default(make_napari_viewer, qt
     assert info.startswith("Fluorescence nuclei") and "depth" not in info
     assert "best checkpoint, iteration 1200 of 1800" in info.lower()
     assert predict._threshold.value == pytest.approx(0.8, abs=0.15)
+    assert not predict._tta.value
+    # em-membranes: its stored choice (growth over cell probability 0.05, TTA) fills the fields.
+    predict._model.value = pretrained_path("em-membranes")
+    assert predict._tta.value and predict._threshold.value == pytest.approx(0.05)
+    predict._model.value = pretrained_path("nuclei")
+    assert not predict._tta.value
     predict._image.value = image
     predict.start()
     _wait_idle(qtbot, predict)
