@@ -6,7 +6,10 @@ a batch of one 252x252 ISBI 2012 tile (random numbers when
 ../shared/data/isbi2012 is absent), at three widths. The machine is shared,
 so fp32 and bf16 are timed in paired rounds (fp32 steps, then bf16 steps, on
 models with the same starting weights); the ratio is the median of the
-per-round ratios. The loss of the first step (same weights, same batch) shows
+per-round ratios. One thread: on two cores shared with other sessions (load
+about 10), two OpenMP threads made a base-32 step 8 s instead of 0.7 s on one
+thread, and per-round ratios spread from 0.5x to 3.4x; one thread measures
+the arithmetic, not the scheduler. The loss of the first step (same weights, same batch) shows
 how far bf16 moves the forward pass. Loss curves and the validation metric
 of a whole run are from ``benchmarks/isbi_train.py [--cpu-bf16]``
 (docs/performance.md). CUDA AMP goes through the same code path
@@ -94,7 +97,7 @@ def _row(base: int, rounds: int, steps: int) -> Row:
     row = Row(
         name=(
             f"training step base {base}, {TILE} tile (first loss fp32 {first[0]:.4f} / bf16 "
-            f"{first[1]:.4f}; rounds {min(ratios):.2f}-{max(ratios):.2f}x; "
+            f"{first[1]:.4f}; 1 thread; rounds {min(ratios):.2f}-{max(ratios):.2f}x; "
             f"load {os.getloadavg()[0]:.1f})"
         ),
         baseline="fp32 step",
@@ -112,4 +115,9 @@ def run(quick: bool = False) -> list[Row]:
         print("  (this CPU has no native bf16: skipped)", file=sys.stderr)
         return []
     widths = (8,) if quick else (16, 32, 64)
-    return [_row(base, rounds=3 if quick else 5, steps=2) for base in widths]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return [_row(base, rounds=3 if quick else 5, steps=2) for base in widths]
+    finally:
+        torch.set_num_threads(threads)
