@@ -96,8 +96,18 @@ def test_one_tabbed_dock_fits_a_1366x768_screen(make_napari_viewer, qtbot):
 
     viewer = make_napari_viewer(show=True)
     viewer.window._qt_window.resize(1366, 768)
-    dock = _dock(viewer, "U-Net")
+    _, dock = viewer.window.add_plugin_dock_widget(PLUGIN, "U-Net")
     assert isinstance(dock, UNetDock)
+    # Only the tab on show is built; another one is built when it is first shown.
+    assert list(dock.widgets.built) == ["Annotate"]
+    viewer.add_labels(np.zeros((32, 32), np.uint8), name="later")  # resets built steps only
+    dock.tabs.setCurrentIndex(1)
+    assert list(dock.widgets.built) == ["Annotate", "Weights"]
+    weights = dock.widgets["Weights"]
+    assert dock.tabs.widget(1).isAncestorOf(weights.native)
+    assert [layer.name for layer in weights._labels.choices if layer] == ["later"]
+    wait_until_ready(dock)  # builds the rest, as reading dock.widgets does
+    assert list(dock.widgets.built) == ["Annotate", "Weights", "Train", "Predict"]
     tabs = dock.tabs
     assert [tabs.tabText(i) for i in range(tabs.count())] == [
         "Annotate",

@@ -27,7 +27,7 @@ import importlib
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 __all__ = [
@@ -193,7 +193,7 @@ def when_ready(kind: str, callback: Callable[[], None], parent: Any) -> None:
 def wait_until_ready(widget: Any, timeout: float = 120.0) -> None:
     """Process Qt events until a dock has filled in what needed PyTorch (scripts, tests).
 
-    ``widget`` is a step's widget or the U-Net dock (then all its steps).
+    ``widget`` is a step's widget or the U-Net dock (then all its steps, built now if not yet).
     A user never needs this: the dock fills itself in while they read it.
 
     Raises
@@ -203,8 +203,8 @@ def wait_until_ready(widget: Any, timeout: float = 120.0) -> None:
     """
     from qtpy.QtWidgets import QApplication
 
-    steps = widget.widgets.values() if isinstance(getattr(widget, "widgets", None), dict) else ()
-    steps = list(steps) or [widget]
+    steps = getattr(widget, "widgets", None)
+    steps = list(steps.values()) if isinstance(steps, Mapping) else [widget]
     deadline = time.monotonic() + timeout
     while not all(getattr(step, "_ready", True) for step in steps):
         if time.monotonic() > deadline:
