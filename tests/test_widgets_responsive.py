@@ -145,3 +145,58 @@ def test_weight_map_drops_a_preview_painted_over_in_place(make_napari_viewer, qt
     np.testing.assert_allclose(
         viewer.layers["cells weight map"].data, weight_map(np.asarray(layer.data)), rtol=1e-6
     )
+
+
+@pytest.mark.gui
+def test_add_to_training_set_button_collects_in_a_worker(make_napari_viewer, qtbot, monkeypatch):
+    """The button collects the planes off the GUI thread; a stroke meanwhile collects again."""
+    pytest.importorskip("napari")
+    import threading
+
+    from napari_unet import annotation
+
+    shown: list[str] = []
+    monkeypatch.setattr("napari_unet._widgets.annotate.show_error", shown.append)
+    collect_planes = annotation.collect_planes
+    release, threads = threading.Event(), []
+
+    def held(*args, **kwargs):  # waits until the test lets it go, then does the real work
+        threads.append(threading.current_thread())
+        assert release.wait(60)
+        return collect_planes(*args, **kwargs)
+
+    monkeypatch.setattr(annotation, "collect_planes", held)
+    viewer = make_napari_viewer()
+    rng = np.random.default_rng(0)
+    first = viewer.add_image(rng.random((40, 40)).astype(np.float32), name="first")
+    viewer.add_image(rng.random((40, 40)).astype(np.float32), name="second")
+    _, annotate = viewer.window.add_plugin_dock_widget("napari-unet-cells", "Annotate cells")
+    annotate._image.value = first
+    labels = annotate.create_labels_layer()
+    labels.data[5:15, 5:15] = 3
+
+    annotate._add.native.click()  # what the user does
+    assert annotate.worker is not None and not annotate._add.enabled
+    annotate._add.native.click()  # a second click while it runs starts nothing more
+    labels.paint((30, 30), 4)  # a stroke while the planes are copied
+    annotate._image.value = viewer.layers["second"]  # the entry is what was chosen at the click
+    release.set()
+    qtbot.waitUntil(lambda: annotate.worker is None, timeout=60_000)
+    assert len(threads) == 2 and threading.main_thread() not in threads
+    assert annotate._add.enabled and shown == []
+    (entry,) = list(annotate._session.training_set)
+    assert (entry.image_name, entry.labels_name) == ("first", "first cells")
+    np.testing.assert_array_equal(entry.labels, labels.data)  # with the stroke
+    assert entry.n_cells == 2
+    np.testing.assert_array_equal(entry.image, first.data)
+
+    # An error is shown as the dock shows errors, and the button comes back.
+    def failing(*args, **kwargs):
+        raise ValueError("labels must be integer ids")
+
+    monkeypatch.setattr(annotation, "collect_planes", failing)
+    annotate._image.value = first
+    annotate._add.native.click()
+    qtbot.waitUntil(lambda: annotate.worker is None, timeout=60_000)
+    assert shown == ["Annotate cells: labels must be integer ids"]
+    assert annotate._add.enabled and len(annotate._session.training_set) == 1
