@@ -19,6 +19,7 @@ first Predict does), with the viewer shown at 1366 x 768:
 - result: adding a 2048 x 2048 result layer with ~9,000 cells (the Predict
   widget's last step, given the labels the worker returns);
 - dock: opening the one "U-Net" dock, its warm-ups, then the first show of each other tab.
+- annotate: Annotate cells, "Add to training set" on a 2048² plane with ~9,000 cells.
 
 Each row's baseline is napari doing the same by itself (scenario "napari")
 where there is one, else the idle viewer in the same process. The goal is a
@@ -40,7 +41,7 @@ from pathlib import Path
 
 PROBE_MS = 10
 PLUGIN = "napari-unet-cells"
-SCENARIOS = ("napari", "paint", "predict", "train", "result", "dock")
+SCENARIOS = ("napari", "paint", "predict", "train", "result", "dock", "annotate")
 if os.environ.get("BENCH_GUI_ONLY"):
     SCENARIOS = tuple(os.environ["BENCH_GUI_ONLY"].split(","))
 
@@ -178,6 +179,7 @@ def _scenario(name: str, quick: bool) -> dict[str, float]:
             "train": _train,
             "result": _result,
             "dock": _unet_dock,
+            "annotate": _annotate_add,
         }[name](viewer, name, quick, out)
     finally:
         viewer.close()
@@ -396,6 +398,33 @@ def _unet_dock(viewer, name: str, quick: bool, out: dict[str, float]) -> None:
             lambda title=title: dock.show_tab(title),
             until=lambda title=title: _ready(dock.widgets[title])(),
         )
+
+
+def _annotate_add(viewer, name: str, quick: bool, out: dict[str, float]) -> None:
+    """Annotate: "Add to training set" on a 2048² image with ~9,000 painted cells."""
+    import numpy as np
+
+    _, labels = dense_cells(1024 if quick else 2048)
+    image = viewer.add_image(labels.astype(np.float32), name="cells")
+    layer = viewer.add_labels(labels, name="cells cells")
+    _settle()
+    docked: list = []
+    _measure(
+        out,
+        "open Annotate dock",
+        lambda: docked.append(viewer.window.add_plugin_dock_widget(PLUGIN, "Annotate cells")[1]),
+        until=lambda: _warmed_up("annotate"),
+    )
+    annotate = docked[0]
+    annotate._image.value, annotate._labels.value = image, layer
+    _settle()
+    training_set = annotate._session.training_set
+    _measure(
+        out,
+        "add to training set",
+        annotate._add.native.click,
+        until=lambda: len(training_set) > 0 and not _busy(annotate),
+    )
 
 
 def _loadavg() -> str:
