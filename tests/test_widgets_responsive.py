@@ -15,7 +15,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from napari_unet._widgets._layers import compact_labels
+from napari_unet._widgets._layers import add_in_background, compact_labels
 
 
 def test_compact_labels_uses_uint16_only_when_every_id_fits():
@@ -120,6 +120,27 @@ def test_the_docks_open_without_importing_pytorch_or_scipy():
     assert out["dash_patterns"] > 0
 
 
+def test_add_in_background_keeps_the_active_layer_in_any_napari():
+    """Without napari's insert switch the active layer is restored after the add."""
+
+    class Selection:
+        active = "labels"
+
+    class Layers(list):
+        selection = Selection()
+
+    layers = Layers(["labels"])
+
+    def add():
+        layers.append("preview")
+        layers.selection.active = "preview"  # what napari does with a new layer
+        return "preview"
+
+    viewer = type("Viewer", (), {"layers": layers})()
+    assert add_in_background(viewer, add) == "preview"
+    assert layers == ["labels", "preview"] and layers.selection.active == "labels"
+
+
 @pytest.mark.gui
 def test_weight_map_drops_a_preview_painted_over_in_place(make_napari_viewer, qtbot):
     """napari paints into the array itself: a stroke during the computation is not shown stale."""
@@ -134,6 +155,9 @@ def test_weight_map_drops_a_preview_painted_over_in_place(make_napari_viewer, qt
     weights._labels.value = layer
     qtbot.waitUntil(lambda: weights.updates == 1, timeout=60_000)
     qtbot.waitUntil(lambda: weights.worker is None, timeout=60_000)
+    # The preview layers are added behind: the user's labels layer stays the active one.
+    assert "cells separating borders" in viewer.layers
+    assert viewer.layers.selection.active is layer
 
     assert weights.update_preview() is not None  # reads the plane in the worker
     layer.paint((48, 48), 0)  # in place, while it runs (or just after)

@@ -17,6 +17,7 @@ import numpy as np
 __all__ = [
     "GREY",
     "RGB",
+    "add_in_background",
     "channel_axis_choices",
     "colour_for_model",
     "compact_labels",
@@ -210,6 +211,29 @@ def current_plane(viewer: Any, layer: Any) -> tuple[int, ...]:
     data = np.asarray(layer.world_to_data(point))
     shape = layer.data.shape
     return tuple(int(np.clip(np.round(data[i]), 0, shape[i] - 1)) for i in range(ndim - 2))
+
+
+def add_in_background(viewer: Any, add: Callable[[], Any]) -> Any:
+    """``add()`` a layer to ``viewer`` without making it the active layer.
+
+    napari activates every new layer: a preview added while the user paints
+    would take the brush away from their labels layer, and switching the
+    layer controls to the new layer is part of the GUI stall of adding it.
+    Returns what ``add()`` returns.
+    """
+    layers = viewer.layers
+    if not hasattr(layers, "_activate_on_insert"):  # another napari: restore the active one
+        active = layers.selection.active
+        added = add()
+        if active is not None and active in layers:
+            layers.selection.active = active
+        return added
+    before = layers._activate_on_insert
+    layers._activate_on_insert = False
+    try:
+        return add()
+    finally:
+        layers._activate_on_insert = before
 
 
 def on_layer_list_change(viewer: Any, callback: Callable[..., Any]) -> None:

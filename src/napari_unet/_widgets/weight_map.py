@@ -11,7 +11,14 @@ from napari.layers import Image, Labels
 from napari.utils.notifications import show_error
 from qtpy.QtCore import QTimer
 
-from ._layers import current_plane, layer_spacing, layers_of, on_layer_list_change, unique_name
+from ._layers import (
+    add_in_background,
+    current_plane,
+    layer_spacing,
+    layers_of,
+    on_layer_list_change,
+    unique_name,
+)
 from ._session import session_for
 from ._ui import ScrollDock
 from ._warmup import freeze_heap, warm_up_soon
@@ -326,7 +333,11 @@ class WeightMapWidget(ScrollDock):
                 # Another labels layer was chosen: the preview follows, under its name.
                 existing.name = unique_name(self._viewer, name)
             return existing
-        return self._viewer.add_image(data, name=unique_name(self._viewer, name), **kwargs)
+        # The user's labels layer stays the active one (they paint on it).
+        return add_in_background(
+            self._viewer,
+            lambda: self._viewer.add_image(data, name=unique_name(self._viewer, name), **kwargs),
+        )
 
 
 def _compute(
