@@ -157,6 +157,21 @@ def test_annotate_new_layer_defaults_and_naming(make_napari_viewer):
     annotate._auto_new_id.value = True
     layer.paint((1, 30, 30), 5)
     assert layer.selected_label == 6
+    layer.paint((1, 40, 40), 6)
+    layer.paint((1, 50, 50), 7)
+    assert layer.selected_label == 8
+    # Painting an existing id again moves on to an unused one.
+    layer.selected_label = 4
+    layer.paint((2, 30, 30), 4)
+    assert layer.selected_label == 8
+    # Data replaced (a tidy-up, a script): the largest id is measured again.
+    data = layer.data.copy()
+    data[2, 60:, 70:] = 50
+    layer.data = data
+    layer.selected_label = 49
+    layer.paint((0, 40, 40), 49)
+    assert layer.selected_label == 51
+    assert len(np.unique(layer.data)) == 8  # 0, 1, 4, 5, 6, 7, 49, 50: no id painted twice
 
 
 def test_annotate_tidy_and_training_set_with_regions(make_napari_viewer, errors):

@@ -67,6 +67,8 @@ class AnnotateWidget(ScrollDock):
         self.worker: Any = None
         #: id(labels layer) -> edits seen while a collection ran (see start_adding).
         self._edits: dict[int, int] = {}
+        #: id(labels layer) -> its largest cell id, for "new cell id after every stroke".
+        self._top_ids: dict[int, int] = {}
 
         self._image = ComboBox(label="image", choices=self._image_choices)
         self._channel_axis = ComboBox(label="channels", choices=self._channel_choices)
@@ -309,6 +311,10 @@ class AnnotateWidget(ScrollDock):
         if id(layer) not in self._auto_layers:
             self._auto_layers.add(id(layer))
             layer.events.paint.connect(self._on_paint)
+            layer.events.data.connect(self._forget_top_id)
+
+    def _forget_top_id(self, event: Any) -> None:
+        self._top_ids.pop(id(event.source), None)  # the data was replaced: measure it again
 
     def _on_paint(self, event: Any) -> None:
         from .. import annotation
@@ -318,9 +324,15 @@ class AnnotateWidget(ScrollDock):
         layer = event.source
         if layer.mode == "erase":
             return
-        # One stroke = one cell: move on to an id that is not used yet.
-        layer.selected_label = max(int(layer.selected_label) + 1, 1)
-        if layer.selected_label <= int(np.max(layer.data)):
+        # One stroke = one cell: move on to an id that is not used yet. The largest id is
+        # measured once per layer (a pass over a whole stack per stroke stalled the GUI),
+        # then raised by each stroke's id; replacing the data measures it again.
+        painted = int(layer.selected_label)
+        top = self._top_ids.get(id(layer))
+        top = max(int(np.max(layer.data)) if top is None else top, painted)
+        self._top_ids[id(layer)] = top
+        layer.selected_label = max(painted + 1, 1)
+        if layer.selected_label <= top:
             layer.selected_label = annotation.next_label(layer.data)
 
     def create_regions_layer(self) -> Shapes | None:
