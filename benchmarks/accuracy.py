@@ -63,7 +63,12 @@ def segment_image(
         return probabilities_to_labels(probs, spatial_dims=2, **options)
 
     _, labels, info = predict_at_diameter(
-        predict, label, data, model_diameter=meta.get("object_diameter"), diameter=diameter
+        predict,
+        label,
+        data,
+        model_diameter=meta.get("object_diameter"),
+        diameter=diameter,
+        size_range=meta.get("object_diameter_range"),
     )
     return labels, info
 

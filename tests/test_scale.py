@@ -11,6 +11,7 @@ from scipy import ndimage as ndi
 from napari_unet.scale import (
     estimate_diameter,
     object_diameter,
+    predict_at_diameter,
     predict_rescaled,
     rescale_image,
     restore_labels,
@@ -158,6 +159,28 @@ def test_estimate_diameter_is_not_fooled_by_fragments_of_the_model_size():
     at_one = next(p for p in result["passes"] if p["factor"] == 1.0)
     assert at_one["diameter"] == pytest.approx(16.0, rel=0.1)  # fragments, closest to 16 px
     assert result["diameter"] == pytest.approx(80.0, rel=0.05)
+
+
+def test_predict_at_diameter_follows_the_pipeline_rule():
+    labels = discs(shape=(128, 128), radius=12.0, spacing=48)
+    image = (labels > 0).astype(np.float32)
+    predict, label = _size_sensitive_model(model_diameter=16.0)
+    calls = []
+
+    def counted(x):
+        calls.append(x.shape)
+        return predict(x)
+
+    # Inside the model's trained range: predicted at the image's own size.
+    _, _, info = predict_at_diameter(
+        counted, label, image, model_diameter=16.0, diameter=24.0, size_range=(10.0, 30.0)
+    )
+    assert info["factor"] == 1.0 and calls == [(128, 128)]
+    calls.clear()
+    probs, found, info = predict_at_diameter(counted, label, image, model_diameter=16.0)
+    assert info["estimated"] and info["diameter"] == pytest.approx(24.0, rel=0.12)
+    assert len(calls) == len(set(calls)) == len(info["passes"])  # no zoom predicted twice
+    assert probs.shape == (2, 128, 128) and found.max() >= 4
 
 
 def test_estimate_diameter_without_objects():

@@ -392,6 +392,7 @@ def predict_at_diameter(
     *,
     model_diameter: float | None,
     diameter: float | str | None = "auto",
+    size_range: tuple[float, float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """The diameter step of the pipeline: predict at the model's object size.
 
@@ -407,6 +408,9 @@ def predict_at_diameter(
     diameter : float, "auto" or None
         Typical object diameter in the image, pixels; ``"auto"``: estimated
         (:func:`estimate_diameter`); None: no rescaling.
+    size_range : (float, float), optional
+        The model's ``object_diameter_range`` (:func:`scale_factor`): objects
+        within it are predicted at their own size, as the pipeline does.
 
     Returns
     -------
@@ -424,27 +428,21 @@ def predict_at_diameter(
         raise ValueError(
             f"`diameter` must be a number of pixels, 'auto' or None, got {diameter!r}"
         )
-    cache: dict[tuple[int, ...], np.ndarray] = {}
-
-    def cached(x: np.ndarray) -> np.ndarray:
-        # Estimation predicts at several zooms; the chosen one is not predicted twice.
-        if x.shape not in cache:
-            cache[x.shape] = np.asarray(predict(x), dtype=np.float32)
-        return cache[x.shape]
-
-    factor = 1.0
+    factor, seen = 1.0, None
     if model_diameter is not None and diameter == "auto":
-        found = estimate_diameter(cached, label, image, model_diameter)
+        found = estimate_diameter(predict, label, image, model_diameter)
         info.update(estimated=True, passes=found["passes"])
         if math.isfinite(found["diameter"]):
-            factor = scale_factor(found["diameter"], model_diameter)
+            factor = scale_factor(found["diameter"], model_diameter, size_range)
+            # A zoom within 10 % of one already tried is that one (as in the pipeline).
             near = min(found["passes"], key=lambda p: abs(math.log(p["factor"] / factor)))
             if abs(math.log(near["factor"] / factor)) < 0.1:
                 factor = near["factor"]
+            seen = found["probabilities"].get(factor)
             info["diameter"] = round(found["diameter"], 2)
     elif model_diameter is not None and diameter is not None:
-        factor = scale_factor(float(diameter), model_diameter)
+        factor = scale_factor(float(diameter), model_diameter, size_range)
         info["diameter"] = float(diameter)
     info["factor"] = factor
-    probs = predict_rescaled(cached, image, factor)
+    probs = seen if seen is not None else predict_rescaled(predict, image, factor)
     return probs, label(probs, factor), info
