@@ -9,6 +9,7 @@ scales and translations so that new layers line up with the image.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -218,22 +219,41 @@ def add_in_background(viewer: Any, add: Callable[[], Any]) -> Any:
 
     napari activates every new layer: a preview added while the user paints
     would take the brush away from their labels layer, and switching the
-    layer controls to the new layer is part of the GUI stall of adding it.
+    layer controls to the new layer is part of the GUI stall of adding it
+    (pick of a 2048² labels layer at load 2: 171-194 ms with napari's
+    switch turned off, 256-261 ms when the active layer is restored after).
     Returns what ``add()`` returns.
     """
     layers = viewer.layers
-    if not hasattr(layers, "_activate_on_insert"):  # another napari: restore the active one
+    switch = _private(layers, "_activate_on_insert")
+    if switch is None:  # a napari without the switch: restore the active layer after
         active = layers.selection.active
         added = add()
         if active is not None and active in layers:
             layers.selection.active = active
         return added
-    before = layers._activate_on_insert
-    layers._activate_on_insert = False
+    _private(layers, "_activate_on_insert", False)
     try:
         return add()
     finally:
-        layers._activate_on_insert = before
+        _private(layers, "_activate_on_insert", switch)
+
+
+def _private(obj: Any, name: str, value: Any = None) -> Any:
+    """Read (or set, given ``value``) napari's private ``obj.name``; None when it has none.
+
+    napari warns (FutureWarning) that plugins lose private access in 0.10;
+    the caller then falls back to public calls, so the warning is not shown.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        if value is not None:
+            setattr(obj, name, value)
+            return value
+        try:
+            return getattr(obj, name, None)
+        except Exception:  # noqa: BLE001 - a napari that refuses private access
+            return None
 
 
 def on_layer_list_change(viewer: Any, callback: Callable[..., Any]) -> None:
