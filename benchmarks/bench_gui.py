@@ -413,8 +413,8 @@ def _annotate_add(viewer, name: str, quick: bool, out: dict[str, float]) -> None
         out,
         "open Annotate dock",
         lambda: docked.append(viewer.window.add_plugin_dock_widget(PLUGIN, "Annotate cells")[1]),
-        until=lambda: _warmed_up("annotate"),
     )
+    _measure(out, "Annotate warm-up (background imports)", None, until=_warmed_up)
     annotate = docked[0]
     annotate._image.value, annotate._labels.value = image, layer
     _settle()
