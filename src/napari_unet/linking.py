@@ -35,19 +35,11 @@ def plane_overlaps(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray
     iou : ndarray of float64, shape (P,)
         Their intersection over union.
     """
-    a = np.asarray(a).ravel().astype(np.int64, copy=False)
-    b = np.asarray(b).ravel().astype(np.int64, copy=False)
-    if a.shape != b.shape:
-        raise ValueError(f"planes must have the same shape, got {a.shape} and {b.shape}")
-    both = (a > 0) & (b > 0)
-    if not both.any():
-        empty = np.zeros(0, np.int64)
-        return empty, empty, np.zeros(0, np.float64)
-    size_b = int(b.max()) + 1
-    pairs, inter = np.unique(a[both] * size_b + b[both], return_counts=True)
-    ids_a, ids_b = pairs // size_b, pairs % size_b
-    area_a = np.bincount(a, minlength=int(ids_a.max()) + 1)
-    area_b = np.bincount(b, minlength=size_b)
+    ids_a, ids_b, inter = overlap_counts(a, b)
+    if not len(inter):
+        return ids_a, ids_b, np.zeros(0, np.float64)
+    area_a = np.bincount(np.asarray(a).ravel().astype(np.int64, copy=False))
+    area_b = np.bincount(np.asarray(b).ravel().astype(np.int64, copy=False))
     iou = inter / (area_a[ids_a] + area_b[ids_b] - inter)
     return ids_a, ids_b, iou
 
