@@ -607,6 +607,31 @@ def test_train_presets_follow_the_device(make_napari_viewer):
     assert " h on this CPU" in train._estimate.value
 
 
+def test_train_checks_the_tile_on_a_later_turn_once_per_burst(
+    make_napari_viewer, qtbot, monkeypatch
+):
+    viewer = make_napari_viewer()
+    train = _dock(viewer, "Train")
+    qtbot.waitUntil(lambda: train._tile_info.value.startswith("valid tile"), timeout=5000)
+    built = []
+    shape_model = type(train)._shape_model
+
+    def counted(self):
+        built.append(1)
+        return shape_model(self)
+
+    monkeypatch.setattr(type(train), "_shape_model", counted)
+    # A preset changes depth, base channels and tile: one check, after the changes.
+    train._preset.value = "gpu" if train._preset.value == "cpu" else "cpu"
+    train._tile.value = 130
+    assert built == [] and train._tile_info.value == "checking the tile size ..."
+    qtbot.waitUntil(lambda: train._tile_info.value.startswith("valid tile"), timeout=5000)
+    assert len(built) == 2  # the shape model and valid_tile's, once
+    built.clear()
+    assert train._tile_info.value.startswith(f"valid tile {train.valid_tile()} px")
+    assert train.valid_tile() >= 130
+
+
 def test_end_to_end_annotate_weights_train_predict(make_napari_viewer, qtbot, tmp_path):
     viewer = make_napari_viewer()
     _add_layers(viewer, make_cells_2d())

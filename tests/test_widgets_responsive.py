@@ -72,6 +72,10 @@ _FRESH_DOCKS = textwrap.dedent(
 
     for thread in _warmup._started.values():
         thread.join(240)
+    # Train checks the tile on the event-loop turn after it is ready.
+    while train._tile_info.value.startswith("checking") and time.monotonic() < deadline:
+        QApplication.processEvents()
+        time.sleep(0.02)
 
     out.update(
         ready=[predict._ready, train._ready],

@@ -9,12 +9,14 @@ docks only hides the widget and must not.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 
+from napari.qt.threading import GeneratorWorker
 from qtpy.QtCore import QEvent, QObject
 from qtpy.QtWidgets import QDockWidget, QWidget
 
-__all__ = ["JobError", "report_error", "watch_close"]
+__all__ = ["JobError", "StoppableWorker", "report_error", "stopper", "watch_close"]
 
 
 class JobError(Exception):
@@ -101,3 +103,35 @@ def watch_close(
         Keep a reference to it (it is also a Qt child of ``widget``).
     """
     return _CloseWatcher(widget, on_close, on_destroyed)
+
+
+class StoppableWorker(GeneratorWorker):
+    """A worker whose ``quit()`` asks the engine to stop instead of abandoning it.
+
+    A plain ``quit()`` leaves the generator suspended at a yield, so the
+    engine would never write the model trained so far. napari itself calls
+    ``quit()`` on running workers when the viewer closes; with this class
+    that also ends in a saved model and a normal ``returned``.
+    """
+
+    stop_event: threading.Event | None = None
+
+    def quit(self) -> None:
+        if self.stop_event is not None:
+            self.stop_event.set()
+        else:
+            super().quit()
+
+
+def stopper(
+    stop: threading.Event, done: threading.Event, flags: dict[str, bool], wait_s: float
+) -> Callable[[], None]:
+    """The handler for a destroyed dock: stop training and wait up to ``wait_s`` for the save."""
+
+    def on_destroyed() -> None:
+        flags["alive"] = False
+        if not done.is_set():
+            stop.set()
+            done.wait(wait_s)
+
+    return on_destroyed

@@ -211,3 +211,5 @@ def wait_until_ready(widget: Any, timeout: float = 120.0) -> None:
             raise TimeoutError(f"the dock's background warm-up did not finish in {timeout:g} s")
         QApplication.processEvents()
         time.sleep(0.01)
+    # What ready docks defer to the next event-loop turn (the Train tab's tile check).
+    QApplication.processEvents()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as _dt
 import threading
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Generator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,13 +28,14 @@ from magicgui.widgets import (
     PushButton,
     SpinBox,
 )
-from napari.qt.threading import GeneratorWorker, thread_worker
+from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import QTimer
 
 from ..progress import Progress
 from ._choices import architectures, build_model, device_choices
 from ._layers import elide
-from ._lifetime import JobError, report_error, watch_close
+from ._lifetime import JobError, StoppableWorker, report_error, stopper, watch_close
 from ._plot import LinePlot
 from ._presets import (
     PRESET_TEXT,
@@ -112,24 +113,6 @@ def train_job(
     return result
 
 
-class StoppableWorker(GeneratorWorker):
-    """A worker whose ``quit()`` asks the engine to stop instead of abandoning it.
-
-    A plain ``quit()`` leaves the generator suspended at a yield, so the
-    engine would never write the model trained so far. napari itself calls
-    ``quit()`` on running workers when the viewer closes; with this class
-    that also ends in a saved model and a normal ``returned``.
-    """
-
-    stop_event: threading.Event | None = None
-
-    def quit(self) -> None:
-        if self.stop_event is not None:
-            self.stop_event.set()
-        else:
-            super().quit()
-
-
 class TrainWidget(ScrollDock):
     """Train a U-Net on the annotated planes collected in "Annotate cells".
 
@@ -165,6 +148,11 @@ class TrainWidget(ScrollDock):
         self._last_redraw = 0.0
         self._started = 0.0
         self._out: Path | None = None
+        self._tile_check_now = False
+        self._tile_timer = QTimer(self.native)
+        self._tile_timer.setSingleShot(True)
+        self._tile_timer.setInterval(0)
+        self._tile_timer.timeout.connect(self._check_tile_now)
 
         self._build_network_fields()
         self._build_training_fields()
@@ -298,7 +286,7 @@ class TrainWidget(ScrollDock):
         self._session.training_set.changed.connect(self._update_set_info)
         self._session.weights_changed.connect(self._update_weights_info)
         self._watcher = watch_close(
-            self.native, self.stop, _stopper(self._stop, self._done, self._flags)
+            self.native, self.stop, stopper(self._stop, self._done, self._flags, CLOSE_WAIT_S)
         )
 
     # -- display -------------------------------------------------------------------------------
@@ -393,8 +381,12 @@ class TrainWidget(ScrollDock):
         if not self._tile.value:
             self._tile_info.value = "tile: automatic (572 px for the paper's network)"
             return
-        if not self._ready:
+        if not self._ready or not self._tile_check_now:
+            # Building the shape model (torch modules) took a third of the Train tab's first
+            # show: it runs on a later event-loop turn, once for a burst of changes (a preset).
             self._tile_info.value = "checking the tile size ..."
+            if self._ready:
+                self._tile_timer.start()
             return
         model = self._shape_model()
         tile = self.valid_tile()
@@ -403,6 +395,15 @@ class TrainWidget(ScrollDock):
             return
         out = model.output_shape((tile, tile))[0]
         self._tile_info.value = f"valid tile {tile} px, output {out} px"
+
+    def _check_tile_now(self) -> None:
+        if not self._alive:
+            return
+        self._tile_check_now = True
+        try:
+            self._update_tile_info()  # a subclass may show something else (3D tiles)
+        finally:
+            self._tile_check_now = False
 
     # -- running -------------------------------------------------------------------------------
 
@@ -643,20 +644,6 @@ class TrainWidget(ScrollDock):
     @property
     def _alive(self) -> bool:
         return self._flags["alive"]
-
-
-def _stopper(
-    stop: threading.Event, done: threading.Event, flags: dict[str, bool]
-) -> Callable[[], None]:
-    """The handler for a destroyed dock: stop training and wait (briefly) for the save."""
-
-    def on_destroyed() -> None:
-        flags["alive"] = False
-        if not done.is_set():
-            stop.set()
-            done.wait(CLOSE_WAIT_S)
-
-    return on_destroyed
 
 
 def _fine_tune_border_class(fine_path: Path, channels: int) -> bool | None:
