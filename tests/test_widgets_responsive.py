@@ -228,3 +228,36 @@ def test_add_to_training_set_button_collects_in_a_worker(make_napari_viewer, qtb
     qtbot.waitUntil(lambda: annotate.worker is None, timeout=60_000)
     assert shown == ["Annotate cells: labels must be integer ids"]
     assert annotate._add.enabled and len(annotate._session.training_set) == 1
+
+
+@pytest.mark.gui
+@pytest.mark.parametrize("queued", [True, False])
+def test_set_progress_queues_the_repaint(qtbot, queued):
+    from magicgui.widgets import ProgressBar
+    from qtpy.QtCore import QEvent, QObject
+
+    from napari_unet._widgets._ui import set_progress
+
+    class Paints(QObject):
+        count = 0
+
+        def eventFilter(self, obj, event):
+            if event.type() == QEvent.Type.Paint:
+                self.count += 1
+            return False
+
+    bar = ProgressBar(value=0, min=0, max=1000)
+    qtbot.addWidget(bar.native)
+    bar.native.show()
+    qtbot.waitExposed(bar.native)
+    qtbot.wait(50)
+    paints = Paints()
+    bar.native.installEventFilter(paints)
+    if queued:
+        set_progress(bar, 700)
+    else:
+        bar.value = 700  # QProgressBar.setValue: painted before it returns
+    assert bar.value == 700
+    # A plain setValue paints before returning (in napari's window that drew the canvas too).
+    assert (paints.count == 0) is queued
+    qtbot.waitUntil(lambda: paints.count >= 1, timeout=2000)

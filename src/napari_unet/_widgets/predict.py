@@ -45,7 +45,7 @@ from ._lazy_link import link_text, watch_linker
 from ._lifetime import JobError, report_error, watch_close
 from ._model_text import describe_model, technical_details
 from ._session import session_for
-from ._ui import ScrollDock, format_seconds
+from ._ui import ScrollDock, format_seconds, set_progress
 from ._warmup import freeze_heap, warm_up_soon, when_ready
 
 if TYPE_CHECKING:
@@ -512,7 +512,7 @@ class PredictWidget(ScrollDock):
             note = "; Z planes linked as their neighbours are computed"
         if self._probabilities.value:
             note += " (probabilities are not added for lazy images)"
-        self._progress.value = 0
+        set_progress(self._progress, 0)
         self._status.value = f"lazy: planes are computed as you browse -> '{layer.name}'{note}"
 
     def cancel(self) -> None:
@@ -545,7 +545,7 @@ class PredictWidget(ScrollDock):
         elapsed = time.perf_counter() - self._started
         if fraction > 0.02:
             text += f" · ETA {format_seconds(elapsed * (1 - fraction) / fraction)}"
-        self._progress.value = int(1000 * fraction)
+        set_progress(self._progress, int(1000 * fraction))
         self._status.value = text
 
     def _on_returned(self, result: tuple[np.ndarray, np.ndarray | None]) -> None:
@@ -590,7 +590,7 @@ class PredictWidget(ScrollDock):
             self._end_run()
 
     def _show_report(self, n: int, name: str, seconds: float) -> None:
-        self._progress.value = 1000
+        set_progress(self._progress, 1000)
         grey = " (converted to grey)" if self._job.get("colour") == GREY else ""
         info = self._job.get("info") or {}
         if info.get("estimated") and info.get("diameter"):
@@ -609,7 +609,7 @@ class PredictWidget(ScrollDock):
                 if self._job.get("removed") and image is not None
                 else "cancelled; no layer was added"
             )
-            self._progress.value = 0
+            set_progress(self._progress, 0)
 
     def _on_errored(self, err: Exception) -> None:
         if isinstance(err, (ValueError, OSError)):

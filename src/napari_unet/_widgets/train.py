@@ -45,7 +45,7 @@ from ._presets import (
     preset_values,
 )
 from ._session import TrainedModel, session_for
-from ._ui import ScrollDock, format_seconds
+from ._ui import ScrollDock, format_seconds, set_progress
 from ._warmup import is_ready, warm_up_soon, when_ready
 
 if TYPE_CHECKING:
@@ -547,7 +547,7 @@ class TrainWidget(ScrollDock):
         self.plot.clear()
         self._started = time.perf_counter()
         self._last_redraw = 0.0
-        self._progress.value = 0
+        set_progress(self._progress, 0)
         self._progress.native.setFormat("")
         self._status.value = "building the network ..."
         self._start.enabled = False
@@ -583,7 +583,7 @@ class TrainWidget(ScrollDock):
         self._last_redraw = now
         if event.stage == "train":
             info = event.info
-            self._progress.value = int(1000 * event.done / max(event.total, 1))
+            set_progress(self._progress, int(1000 * event.done / max(event.total, 1)))
             # Iteration and ETA inside the bar, so the status line does not wrap.
             bar = f"{event.done}/{event.total}"
             if "eta_s" in info:
@@ -622,7 +622,9 @@ class TrainWidget(ScrollDock):
             if result.cancelled
             else "Predict now uses it."
         )
-        self._progress.value = int(1000 * result.iterations / max(self._iterations.value, 1))
+        set_progress(
+            self._progress, int(1000 * result.iterations / max(self._iterations.value, 1))
+        )
         self._status.value = (
             f"{state} at iteration {result.iterations} in "
             f"{format_seconds(time.perf_counter() - self._started)}; saved the "
