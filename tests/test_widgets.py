@@ -791,6 +791,9 @@ def test_predict_uses_the_bundled_nuclei_model_by_default(make_napari_viewer, qt
     # em-membranes: its stored choice (growth over cell probability 0.05, TTA) fills the fields.
     predict._model.value = pretrained_path("em-membranes")
     assert predict._tta.value and predict._threshold.value == pytest.approx(0.05)
+    # A post-processing choice below 0.05 ("seeded" can choose 0.01-0.04) is not clamped.
+    predict._threshold.value = 0.02
+    assert predict._threshold.value == pytest.approx(0.02)
     predict._model.value = pretrained_path("nuclei")
     assert not predict._tta.value
     predict._image.value = image

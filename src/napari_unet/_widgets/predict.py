@@ -204,7 +204,7 @@ class PredictWidget(ScrollDock):
         self._tile = SpinBox(label="tile size (0 = auto)", min=0, max=4096, value=0)
         self._tta = CheckBox(text="test-time augmentation (8x slower)", value=False)
         self._threshold = FloatSpinBox(
-            label="cell threshold", min=0.05, max=0.95, step=0.05, value=0.5
+            label="cell threshold", min=0.01, max=0.95, step=0.05, value=0.5
         )
         self._probabilities = CheckBox(text="also add probabilities", value=False)
         self._diameter = LineEdit(label="object diameter (px)", value="")
