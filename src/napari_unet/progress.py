@@ -50,6 +50,7 @@ def drive(
     *,
     progress: Callable[[int, int], Any] | None = None,
     cancel: Callable[[], bool] | None = None,
+    on_event: Callable[[Progress], Any] | None = None,
 ) -> T:
     """Run a progress generator to completion and return its result.
 
@@ -62,6 +63,8 @@ def drive(
     cancel : callable, optional
         Checked after every event; returning True closes the generator and
         raises :class:`Cancelled`.
+    on_event : callable, optional
+        Called with every :class:`Progress` event itself (stage and info too).
 
     Returns
     -------
@@ -75,6 +78,11 @@ def drive(
             return stop.value
         if progress is not None:
             progress(event.done, event.total)
+        if on_event is not None:
+            on_event(event)
         if cancel is not None and cancel():
             events.close()
-            raise Cancelled(f"cancelled by the user after {event.done} of {event.total} steps")
+            during = f" during {event.stage}" if event.stage else ""
+            raise Cancelled(
+                f"cancelled by the user{during} after {event.done} of {event.total} steps"
+            )

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ..progress import Cancelled, Progress
+from ..progress import Progress, drive
 from ..scale import estimate_diameter, rescale_image, restore_probabilities, scale_factor
 from ..tuning import scaled_sizes
 from ._config import (
@@ -248,13 +248,4 @@ def segment(
     events = iter_segment(
         model, image, channel_axis=channel_axis, config=config, normalization=normalization
     )
-    while True:
-        try:
-            event = next(events)
-        except StopIteration as stop:
-            return stop.value
-        if progress is not None:
-            progress(event)
-        if cancel is not None and cancel():
-            events.close()
-            raise Cancelled(f"cancelled by the user during {event.stage}")
+    return drive(events, on_event=progress, cancel=cancel)

@@ -24,7 +24,7 @@ from ..devices import select_device
 from ..models import UNet
 from ..normalize import Normalization
 from ..outputs import check_outputs
-from ..progress import Progress
+from ..progress import Progress, drive
 from ..scale import object_diameter
 from ..tensortable import optimizer_kind
 from .batches import _Batcher
@@ -556,7 +556,6 @@ def train_iter(
 
     See :func:`train` for the parameters.
     """
-    config = TrainConfig() if config is None else config
     run = _Run(TrainConfig() if config is None else config, cancel, data_info)
     run.open_outputs(out, overwrite)
     run.open_model(model, samples, resume)
@@ -678,10 +677,4 @@ def train(
         cancel=cancel,
         data_info=data_info,
     )
-    while True:
-        try:
-            event = next(events)
-        except StopIteration as stop:
-            return stop.value
-        if progress is not None:
-            progress(event)
+    return drive(events, on_event=progress)
