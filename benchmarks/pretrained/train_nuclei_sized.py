@@ -24,6 +24,7 @@ from pathlib import Path
 
 import tifffile
 
+from napari_unet.models import UNet
 from napari_unet.pretrained import pretrained_path
 from napari_unet.training import TrainConfig, train_iter
 
@@ -40,7 +41,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path("/tmp/dsb_grey"))
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--init", default="nuclei", help="file or bundled name to start from")
+    parser.add_argument(
+        "--init", default="nuclei", help="file or bundled name to start from; 'scratch': new"
+    )
+    parser.add_argument("--base-channels", type=int, default=16, help="width of a new model")
+    parser.add_argument(
+        "--no-intensity", action="store_true", help="only the default grey-value augmentation"
+    )
+    parser.add_argument("--cpu-bf16", action="store_true", help="bf16 autocast training steps")
     parser.add_argument("--iterations", type=int, default=6000)
     parser.add_argument(
         "--diameter", type=float, default=20.0, help="px; 0: no size normalisation (native)"
@@ -54,7 +62,17 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.data / "train").is_dir():
         print(f"no prepared DSB data at {args.data}; run prepare_dsb.py", file=sys.stderr)
         return 1
-    init = Path(args.init) if Path(args.init).is_file() else pretrained_path(args.init)
+    if args.init == "scratch":
+        init = UNet(
+            in_channels=1,
+            num_classes=3,
+            depth=4,
+            base_channels=args.base_channels,
+            padding="same",
+            batch_norm=True,
+        )
+    else:
+        init = Path(args.init) if Path(args.init).is_file() else pretrained_path(args.init)
     config = TrainConfig(
         iterations=args.iterations,
         tile_shape=(256, 256),
@@ -63,12 +81,13 @@ def main(argv: list[str] | None = None) -> int:
         lr=args.lr,
         lr_schedule="cosine",
         warmup=100,
-        intensity=True,
+        intensity=not args.no_intensity,
         object_diameter=args.diameter or None,
-        zoom_range=tuple(args.zoom),
+        zoom_range=None if tuple(args.zoom) == (1.0, 1.0) else tuple(args.zoom),
         val_every=args.val_every,
         checkpoint_every=args.checkpoint_every,
         device="cpu",
+        cpu_bf16=args.cpu_bf16,
         seed=args.seed,
     )
     train, val = _read(args.data / "train"), _read(args.data / "val")
