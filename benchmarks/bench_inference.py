@@ -3,7 +3,9 @@
 Speed: one 572x572 tile of the paper's U-Net (base 64, valid padding, 31 M
 parameters), batch 1. The machine is shared, so every path is timed in paired
 rounds: in each round the baseline (fp32 eager, NCHW) runs, then the path;
-the ratio is the median over rounds of baseline time / path time. GFLOP/s
+the ratio is the median over rounds of baseline time / path time. Each round
+also runs the issue's own baseline, ``model(x)`` with autograd on (no
+``inference_mode``), whose ratio each row prints as "vs autograd". GFLOP/s
 counts 2 x multiply-adds of the convolutions; the share of the peak is of the
 machine's matrix-multiply ceiling measured in the same run (fp32 and bf16
 4096x4096 products, best of 3), which is what direct convolution can reach.
@@ -92,6 +94,16 @@ def _plain_eager(model: nn.Module):
     def run(x: torch.Tensor) -> np.ndarray:
         with torch.inference_mode():
             return torch.softmax(model(x), 1).numpy()
+
+    run.model = model
+    return run
+
+
+def _autograd_eager(model: nn.Module):
+    """The issue's "plain fp32 eager": ``model(x)`` as written, autograd on."""
+
+    def run(x: torch.Tensor) -> np.ndarray:
+        return torch.softmax(model(x), 1).detach().numpy()
 
     return run
 
@@ -205,15 +217,18 @@ def _show(rows: list[Row]) -> list[Row]:
 def _speed(paths, baseline, x, reference, gflop, base, rounds) -> list[Row]:
     """Paired rounds of each path against the baseline on one tile."""
     rows = []
+    autograd = _autograd_eager(baseline.model)
     for name, backend in paths.items():
         warm = time.perf_counter()
         probs = backend(x)  # warm-up (compiles a compiled backend)
         first_s = time.perf_counter() - warm
-        ratios, times, base_times = [], [], []
+        ratios, autograd_ratios, times, base_times = [], [], [], []
         for _ in range(rounds):
             b = _time(baseline, x)
+            a = _time(autograd, x)
             t = _time(backend, x)
             ratios.append(b / t)
+            autograd_ratios.append(a / t)
             times.append(t)
             base_times.append(b)
         t = statistics.median(times)
@@ -227,7 +242,7 @@ def _speed(paths, baseline, x, reference, gflop, base, rounds) -> list[Row]:
                     f"{name} [{backend.name}]: 572 tile base {base}, {rate:.0f} GFLOP/s "
                     f"({100 * rate / PEAK[precision]:.0f}% of {precision} peak), "
                     f"max|dp| {diff:.1e}, same class {100 * agree:.4f}%, first call "
-                    f"{first_s:.1f} s"
+                    f"{first_s:.1f} s, vs autograd {statistics.median(autograd_ratios):.2f}x"
                 ),
                 baseline="fp32 eager NCHW",
                 baseline_value=statistics.median(base_times),
@@ -239,7 +254,8 @@ def _speed(paths, baseline, x, reference, gflop, base, rounds) -> list[Row]:
         )
         r = rows[-1]
         print(
-            f"  {r.name}: {r.ratio:.2f}x ({r.ours_value:.3f} vs {r.baseline_value:.3f} s), "
+            f"  {r.name}: {r.ratio:.2f}x ({r.ours_value:.3f} vs {r.baseline_value:.3f} s; "
+            f"vs autograd {statistics.median(autograd_ratios):.2f}x), "
             f"load {os.getloadavg()[0]:.1f}",
             file=sys.stderr,
             flush=True,
