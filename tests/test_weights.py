@@ -2,16 +2,32 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
+from napari_unet import weights
 from napari_unet.weights import (
     border_cutoff,
     instances_to_classes,
     separation_borders,
     weight_map,
 )
+
+
+@pytest.fixture(params=["numba", "scipy"])
+def path(request, monkeypatch):
+    """Run a test on the compiled (numba) path, then on the SciPy fallback."""
+    if request.param == "numba":
+        pytest.importorskip("numba", reason="numba is not installed: only the SciPy path runs")
+        # the compiled path is the default: check it is the one being tested
+        assert weights._compiled_border_term() is not None
+    else:
+        monkeypatch.setattr(weights, "_compiled_border_term", lambda: None)
+    return request.param
 
 
 def touching_cells(shape: tuple[int, ...], n: int, radius: float, seed: int) -> np.ndarray:
@@ -42,7 +58,7 @@ def reference_border(
 @pytest.mark.parametrize(
     ("w0", "sigma"), [(10.0, 5.0), (100.0, 2.0), (1.0, 12.0), (1e4, 3.0), (5.0, 1.5)]
 )
-def test_matches_reference_2d(w0, sigma):
+def test_matches_reference_2d(w0, sigma, path):
     labels = touching_cells((96, 110), 30, radius=9, seed=1)
     expected = 1.0 + reference_border(labels, w0=w0, sigma=sigma)
     got = weight_map(labels, w0=w0, sigma=sigma, class_weights=None)
@@ -55,7 +71,7 @@ def test_matches_reference_2d(w0, sigma):
     np.testing.assert_allclose(got, expected.astype(np.float32), rtol=0, atol=1e-4)
 
 
-def test_matches_reference_3d():
+def test_matches_reference_3d(path):
     labels = touching_cells((20, 36, 40), 14, radius=8, seed=2)
     expected = 1.0 + reference_border(labels, w0=10.0, sigma=4.0)
     got = weight_map(labels, w0=10.0, sigma=4.0, class_weights=None)
@@ -66,7 +82,7 @@ def test_matches_reference_3d():
 @pytest.mark.parametrize(
     ("shape", "spacing"), [((64, 72), (1.0, 0.4)), ((14, 40, 36), (2.5, 0.7, 0.7))]
 )
-def test_matches_reference_anisotropic(shape, spacing):
+def test_matches_reference_anisotropic(shape, spacing, path):
     labels = touching_cells(shape, 16, radius=7, seed=3)
     expected = 1.0 + reference_border(labels, w0=10.0, sigma=3.0, spacing=spacing)
     got = weight_map(labels, w0=10.0, sigma=3.0, class_weights=None, spacing=spacing)
@@ -75,7 +91,58 @@ def test_matches_reference_anisotropic(shape, spacing):
     assert np.abs(isotropic - got).max() > 0.1
 
 
-def test_border_term_only_on_background():
+def test_random_touching_cells_match_reference(path):
+    """Small random cases, 2D and 3D, gaps, dots and anisotropy: both paths, one tolerance."""
+    rng = np.random.default_rng(17)
+    for case in range(24):
+        ndim = 2 if case % 3 else 3
+        shape = tuple(int(n) for n in rng.integers(3, 36 if ndim == 2 else 14, ndim))
+        labels = touching_cells(shape, int(rng.integers(2, 20)), rng.uniform(1, 10), seed=case)
+        if case % 4 == 0:  # scattered holes: many small gaps and single-pixel cell pieces
+            labels[rng.random(shape) < 0.3] = 0
+        spacing = tuple(rng.uniform(0.3, 3, ndim)) if case % 2 else None
+        w0, sigma = float(rng.choice([1.0, 10.0, 1e3])), float(rng.uniform(0.5, 8))
+        expected = 1.0 + reference_border(labels, w0=w0, sigma=sigma, spacing=spacing)
+        got = weight_map(labels, w0=w0, sigma=sigma, class_weights=None, spacing=spacing)
+        np.testing.assert_allclose(
+            got, expected.astype(np.float32), rtol=0, atol=1e-4, err_msg=f"case {case}"
+        )
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 9), (9, 1), (1, 6, 7), (6, 1, 7), (6, 7, 1)])
+def test_thin_images_match_reference(shape, path):
+    labels = (np.arange(np.prod(shape)).reshape(shape) % 4 == 1) * np.arange(
+        np.prod(shape)
+    ).reshape(shape)
+    expected = 1.0 + reference_border(labels, w0=10.0, sigma=2.0)
+    got = weight_map(labels, w0=10.0, sigma=2.0, class_weights=None)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
+
+
+def test_importing_weights_does_not_import_numba():
+    code = (
+        "import sys, napari_unet, napari_unet.weights\n"
+        "assert 'numba' not in sys.modules, 'importing napari_unet.weights loaded numba'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_without_numba_the_scipy_path_is_used():
+    code = (
+        "import sys\n"
+        "sys.modules['numba'] = None  # makes `import numba` fail\n"
+        "import numpy as np\n"
+        "from napari_unet import _nearest_cells, weights\n"
+        "assert not _nearest_cells.AVAILABLE and weights._compiled_border_term() is None\n"
+        "labels = np.zeros((5, 7), dtype=np.uint8)\n"
+        "labels[:, :3], labels[:, 4:] = 1, 2\n"
+        "w = weights.weight_map(labels, class_weights=None)\n"
+        "assert abs(w[2, 3] - (1 + 10 * np.exp(-4 / 50))) < 1e-5, w[2, 3]\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_border_term_only_on_background(path):
     labels = np.zeros((9, 11), dtype=np.uint8)
     labels[:, :4] = 1
     labels[:, 5:] = 2
@@ -85,7 +152,7 @@ def test_border_term_only_on_background():
 
 
 @pytest.mark.parametrize("n_cells", [0, 1])
-def test_fewer_than_two_cells_has_no_border_term(n_cells):
+def test_fewer_than_two_cells_has_no_border_term(n_cells, path):
     labels = np.zeros((20, 20), dtype=np.int32)
     if n_cells:
         labels[5:10, 5:10] = 7
@@ -124,7 +191,7 @@ def test_balanced_with_one_class_is_one():
     np.testing.assert_array_equal(weight_map(np.zeros((8, 8), dtype=int)), 1.0)
 
 
-def test_dict_class_weights_add_to_border_term():
+def test_dict_class_weights_add_to_border_term(path):
     labels = touching_cells((50, 50), 8, radius=7, seed=6)
     border = reference_border(labels, w0=10.0, sigma=5.0)
     w = weight_map(labels, class_weights={0: 0.5, 1: 3.0})
@@ -143,7 +210,7 @@ def test_mask_zeroes_unannotated_and_counts_only_annotated():
     np.testing.assert_allclose(w[mask & (labels == 0)], 50 / (2 * 30))
 
 
-def test_zero_w0_gives_class_weights_only():
+def test_zero_w0_gives_class_weights_only(path):
     labels = touching_cells((30, 30), 5, radius=6, seed=7)
     np.testing.assert_array_equal(weight_map(labels, w0=0.0, class_weights=None), 1.0)
 

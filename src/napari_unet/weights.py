@@ -22,7 +22,7 @@ References
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -142,6 +142,34 @@ def _two_nearest(
     return d1, d2
 
 
+def _compiled_border_term() -> Callable[..., None] | None:
+    """numba's ``add_border_term``, or None when numba cannot be imported.
+
+    Imported on the first weight map, not with the package (numba's import
+    costs a few hundred milliseconds).
+    """
+    from . import _nearest_cells
+
+    return _nearest_cells.add_border_term if _nearest_cells.AVAILABLE else None
+
+
+def _add_border_term(
+    weights: np.ndarray, labels: np.ndarray, spacing: tuple[float, ...], w0: float, sigma: float
+) -> None:
+    """Add the border term to float64 ``weights`` at the background pixels of ``labels``."""
+    cutoff = border_cutoff(w0, sigma)
+    if cutoff <= 0 or labels.size == 0:
+        return
+    compiled = _compiled_border_term()
+    if compiled is not None:
+        compiled(weights, labels, spacing, w0, sigma, cutoff)
+        return
+    d1, d2 = _two_nearest(labels, spacing, cutoff)
+    near = (labels == 0) & np.isfinite(d2)
+    total = d1[near] + d2[near]
+    weights[near] += w0 * np.exp(-(total * total) / (2.0 * sigma * sigma))
+
+
 def _class_weights(
     classes: np.ndarray,
     annotated: np.ndarray | None,
@@ -246,25 +274,30 @@ def weight_map(
     -----
     **Exactness.** The reference computes one distance transform per cell over
     the whole image and keeps the two smallest values per pixel, which costs
-    pixels x cells. Here each cell's distance transform is computed only in its
-    bounding box grown by ``D = border_cutoff(w0, sigma)
-    = sigma * sqrt(2 ln(w0 / tol))`` (``tol = 1e-6``) along every axis, so the
-    cost is the sum of the grown boxes, which grows with the number of pixels
-    (for a fixed cell size and ``sigma``). The result equals the reference up
-    to ``tol`` on the border term (plus float32 rounding of the output):
+    pixels x cells. Both ways used here look only within
+    ``D = border_cutoff(w0, sigma) = sigma * sqrt(2 ln(w0 / tol))``
+    (``tol = 1e-6``) of each pixel, so their cost grows with the number of
+    pixels (for a fixed cell size and ``sigma``), and the result equals the
+    reference up to ``tol`` on the border term (plus float32 rounding of the
+    output):
 
-    - A pixel outside a cell's grown box is farther than ``D`` from it along
-      one axis, hence in Euclidean distance. Inside the box the distance is
-      exact, because the whole cell lies in the box.
-    - If the true ``d2(x) <= D``, the two nearest cells are both within ``D``
-      of ``x``, so both distances are computed exactly and so are ``d1`` and
-      ``d2``.
-    - Otherwise the computed second distance is a distance to some other cell
+    - With numba installed, a compiled separable distance transform keeps the
+      two nearest distinct cells of every pixel (``_nearest_cells``, which
+      also argues why two per pixel suffice) and scans at most ``D`` along
+      each axis. Where ``d1 + d2 <= D`` both are exact; elsewhere the term,
+      below ``tol``, is left out.
+    - Without numba, each cell's SciPy distance transform is computed only in
+      its bounding box grown by ``D`` along every axis. A pixel outside a
+      cell's grown box is farther than ``D`` from it along one axis, hence in
+      Euclidean distance; inside the box the distance is exact, because the
+      whole cell lies in the box. If the true ``d2(x) <= D``, the two nearest
+      cells are both within ``D`` of ``x``, so ``d1`` and ``d2`` are exact.
+      Otherwise the computed second distance is a distance to some other cell
       or infinity, both ``>= d2(x) > D``, so both the computed and the true
       border terms lie in ``[0, w0 exp(-D**2 / (2 sigma**2))] = [0, tol]``.
 
     The bound holds for every ``w0`` and ``sigma`` since ``D`` is derived from
-    them. Large ``sigma`` relative to the cell size makes the boxes (and the
+    them. Large ``sigma`` relative to the cell size makes the scans (and the
     run time) grow towards the reference's.
 
     Examples
@@ -298,10 +331,7 @@ def weight_map(
     background = labels == 0
     weights = _class_weights((~background).astype(np.intp), annotated, class_weights)
 
-    d1, d2 = _two_nearest(labels, spacing, border_cutoff(w0, sigma))
-    near = background & np.isfinite(d2)
-    total = d1[near] + d2[near]
-    weights[near] += w0 * np.exp(-(total * total) / (2.0 * sigma * sigma))
+    _add_border_term(weights, labels, spacing, w0, sigma)
 
     if annotated is not None:
         weights[~annotated] = 0.0
