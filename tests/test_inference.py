@@ -210,6 +210,36 @@ def test_auto_exports_once_past_small_calls_would_have_paid_for_it(monkeypatch, 
     np.testing.assert_allclose(got, predict_tiled(net, image, backend="eager"), atol=1e-5)
 
 
+@pytest.mark.slow
+@needs_ort
+def test_eager_seconds_of_earlier_processes_count_toward_the_export(monkeypatch, tmp_path):
+    # One command-line process per image: each starts with an empty memory ledger.
+    net = UNet(depth=1, base_channels=2, dropout=0.0).eval()
+    monkeypatch.setenv(inference.CACHE_ENV, str(tmp_path))
+    monkeypatch.setattr(inference, "_EAGER_SECONDS", {})
+    image = np.random.default_rng(12).normal(size=(40, 40)).astype(np.float32)
+    first = make_backend(net, device="cpu")
+    predict_tiled(net, image, backend=first)
+    assert first.name == "eager" and not (tmp_path / "onnx").exists()
+    ledger = inference._ledger_path(str(inference._cached_onnx_path(net)))
+    recorded = float(ledger.read_text())
+    assert recorded > 0
+    # A new process: nothing in memory, the file says it ran eager long enough.
+    monkeypatch.setattr(inference, "_EAGER_SECONDS", {})
+    second = make_backend(net, device="cpu")
+    predict_tiled(net, image, backend=second)
+    assert second.name == "eager"  # this run's seconds alone do not pay for an export
+    assert float(ledger.read_text()) > recorded  # they were added to the file
+    ledger.write_text(f"{10 * inference._EXPORT_COST_S}\n")
+    monkeypatch.setattr(inference, "_EAGER_SECONDS", {})
+    third = make_backend(net, device="cpu")
+    predict_tiled(net, image, backend=third)
+    assert third.name == "onnxruntime"
+    # A damaged ledger counts as nothing, and is not an error.
+    ledger.write_text("not a number")
+    assert inference._read_seconds(ledger) == 0.0
+
+
 @needs_ort
 def test_a_stack_announces_all_its_planes_to_the_backend(valid_net, monkeypatch, tmp_path):
     monkeypatch.setenv(inference.CACHE_ENV, str(tmp_path))

@@ -77,11 +77,13 @@ CACHE_ENV = "NAPARI_UNET_CACHE_DIR"
 # only when the eager time it saves in this prediction exceeds that cost.
 _ORT_EXPECTED_SPEEDUP = 1.9
 _EXPORT_COST_S = 30.0
-# Eager seconds each model (by its export's cache path) has run under "auto" in this
-# process: a model predicted with often, in many small calls (a folder of images, repeated
-# clicks on Predict), is exported once its past eager work would have paid for the export.
+# Eager seconds each model (by its export's cache path) has run under "auto": a model
+# predicted with often, in many small calls (a folder of images, repeated clicks on
+# Predict, one command-line process per image), is exported once its past eager work would
+# have paid for the export. Kept in memory and in the cache folder (_add_eager_seconds).
 _EAGER_SECONDS: dict[str, float] = {}
 _LEDGER_LOCK = threading.Lock()
+_MAX_LEDGER_FILES = 64
 # Agreement a reduced precision must have shown (inference_check) to become a default.
 _MIN_CLASS_AGREEMENT = 0.999
 _MAX_INSTANCE_CHANGE = 0.01
@@ -237,7 +239,8 @@ class AutoBackend:
     costs, the model is exported (or found in the cache), the second batch is
     run again with ONNX Runtime, and the switch happens only if both give the
     same class on every pixel. Eager time this model already ran under
-    ``auto`` in this process counts as well (and then the first batch
+    ``auto`` in this process or in earlier ones (a one-number file in the
+    cache folder) counts as well (and then the first batch
     decides, its set-up being paid): the export is made once the time ONNX
     Runtime would have saved so far, plus in this call, exceeds its cost, so a
     model used in many small calls costs at most about twice the best choice
@@ -278,9 +281,7 @@ class AutoBackend:
         start = time.perf_counter()
         probs = self._eager(tiles)
         elapsed = time.perf_counter() - start
-        with _LEDGER_LOCK:
-            before = _EAGER_SECONDS.get(self._key, 0.0)
-            _EAGER_SECONDS[self._key] = before + elapsed
+        before = _add_eager_seconds(self._key, elapsed)
         # The first call of a shape pays oneDNN's set-up: time the second one,
         # unless this model already ran here (then its set-up is paid).
         self._calls += 1
@@ -540,6 +541,44 @@ def cache_onnx(model: nn.Module) -> Path:
             staging.unlink(missing_ok=True)
         _prune(path.parent, keep=path)
     return path
+
+
+def _add_eager_seconds(key: str, elapsed: float) -> float:
+    """Add ``elapsed`` eager seconds to a model's ledger; return the total before.
+
+    The total is kept in memory and in a one-number text file in the cache
+    folder, so that runs in separate processes (a shell loop of
+    ``napari-unet predict`` over images) add up as calls in one process do.
+    The file holds a number, nothing executable; an unreadable or unwritable
+    one counts as zero (the export then waits longer, nothing breaks).
+    """
+    ledger = _ledger_path(key)
+    with _LEDGER_LOCK:
+        before = max(_EAGER_SECONDS.get(key, 0.0), _read_seconds(ledger))
+        _EAGER_SECONDS[key] = before + elapsed
+        with contextlib.suppress(OSError):
+            ledger.parent.mkdir(parents=True, exist_ok=True)
+            staging = ledger.with_name(f".{ledger.name}.{os.getpid()}.tmp")
+            staging.write_text(f"{before + elapsed:.3f}\n")
+            os.replace(staging, ledger)
+            files = sorted(ledger.parent.glob("*.txt"), key=lambda p: p.stat().st_mtime)
+            for old in files[:-_MAX_LEDGER_FILES]:
+                old.unlink(missing_ok=True)
+    return before
+
+
+def _ledger_path(key: str) -> Path:
+    """``<cache>/eager-seconds/<export's name>.txt`` for an export at ``key``."""
+    export = Path(key)
+    return export.parent.parent / "eager-seconds" / f"{export.stem}.txt"
+
+
+def _read_seconds(path: Path) -> float:
+    try:
+        value = float(path.read_text().strip())
+    except (OSError, ValueError):
+        return 0.0
+    return value if np.isfinite(value) and value > 0 else 0.0
 
 
 _MAX_CACHED_EXPORTS = 16
