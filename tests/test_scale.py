@@ -9,7 +9,9 @@ import pytest
 from scipy import ndimage as ndi
 
 from napari_unet.scale import (
+    choose_zoom,
     estimate_diameter,
+    object_confidence,
     object_diameter,
     predict_at_diameter,
     predict_rescaled,
@@ -187,3 +189,68 @@ def test_estimate_diameter_without_objects():
     predict, label = _size_sensitive_model(16.0)
     result = estimate_diameter(predict, label, np.zeros((64, 64), np.float32), 16.0)
     assert math.isnan(result["diameter"]) and result["factor"] == 1.0
+
+
+def test_object_confidence():
+    labels = np.zeros((8, 8), np.int32)
+    labels[:2, :2], labels[5:, 5:] = 1, 2
+    probs = np.zeros((3, 8, 8), np.float32)
+    probs[1, :2, :2] = 0.9
+    probs[1, 5:, 5:] = 0.5  # a larger object counts once, as the small one does
+    assert object_confidence(probs, labels) == pytest.approx(0.7)
+    assert math.isnan(object_confidence(probs, np.zeros((8, 8), np.int32)))
+    with pytest.raises(ValueError, match="class axis"):
+        object_confidence(probs[1], labels)
+
+
+def _pass(factor, objects, diameter, confidence):
+    return {"factor": factor, "objects": objects, "diameter": diameter, "confidence": confidence}
+
+
+def test_choose_zoom_shrinks_only_when_the_network_is_surer():
+    def estimate(*passes, diameter=40.0):
+        return {"diameter": diameter, "passes": list(passes)}
+
+    one, half = _pass(1.0, 20, 38.0, 0.95), _pass(0.5, 20, 40.0, 0.97)
+    quarter = _pass(0.25, 20, 42.0, 0.96)
+    specks = _pass(0.3, 20, 20.0, 0.999)  # 6 px as the model saw them: not a plausible size
+    # Within the trained range [10, 48]: shrunk because zoom 0.5 is the surest, surer than 1.
+    assert choose_zoom(estimate(one, half, quarter, specks), 16.0, (10.0, 48.0)) == 0.5
+    surer_at_one = _pass(1.0, 20, 38.0, 0.98)
+    assert choose_zoom(estimate(surer_at_one, half), 16.0, (10.0, 48.0)) == 1.0
+    # Beyond the range, too, objects the network is surest of at their own size stay so.
+    assert choose_zoom(estimate(surer_at_one, half, diameter=60.0), 16.0, (10.0, 48.0)) == 1.0
+    fragments = _pass(1.0, 80, 15.0, float("nan"))  # nothing whole found at zoom 1
+    assert choose_zoom(estimate(fragments, half, diameter=60.0), 16.0, (10.0, 48.0)) == 0.5
+    # Objects below the range are zoomed up to the training size (a tried zoom within 10 %).
+    small = estimate(_pass(1.0, 20, 6.0, 0.9), _pass(2.6, 20, 6.1, 0.99), diameter=6.1)
+    assert choose_zoom(small, 16.0, (10.0, 48.0)) == 2.6
+    assert choose_zoom(estimate(one, diameter=float("nan")), 16.0) == 1.0
+    # Passes without a confidence (made elsewhere): the trained range decides.
+    old = estimate({"factor": 1.0, "objects": 20, "diameter": 38.0}, diameter=60.0)
+    assert choose_zoom(old, 16.0, (10.0, 48.0)) == pytest.approx(16.0 / 60.0)
+
+
+def test_estimate_and_zoom_follow_the_network_confidence():
+    # A network that finds objects at any size but is surest at its own: the
+    # 32 px discs are within the trained range, yet it is surer of them at 0.5.
+    def predict(image):
+        fg = image > 0.5
+        labels, n = ndi.label(fg)
+        cell = np.zeros(fg.shape, np.float32)
+        for index in range(1, n + 1):
+            obj = labels == index
+            d = math.sqrt(4 * obj.sum() / math.pi)
+            cell[obj] = 1.0 - 0.3 * min(1.0, abs(math.log2(d / 16.0)))
+        return np.stack([1 - cell, cell])
+
+    def label(probs, factor):
+        return ndi.label(probs[1] > 0.5)[0]
+
+    image = (discs(shape=(256, 256), radius=16.0, spacing=64) > 0).astype(np.float32)
+    found = estimate_diameter(predict, label, image, 16.0, max_side=None)
+    assert found["diameter"] == pytest.approx(32.0, rel=0.1)
+    at = {p["factor"]: p["confidence"] for p in found["passes"]}
+    assert at[0.5] > at[1.0]
+    assert choose_zoom(found, 16.0, (10.0, 48.0)) == 0.5
+    assert scale_factor(found["diameter"], 16.0, (10.0, 48.0)) == 1.0  # the range alone would not

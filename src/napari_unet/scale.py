@@ -25,7 +25,9 @@ import numpy as np
 from scipy import ndimage as ndi
 
 __all__ = [
+    "choose_zoom",
     "estimate_diameter",
+    "object_confidence",
     "object_diameter",
     "predict_at_diameter",
     "predict_rescaled",
@@ -80,6 +82,41 @@ def object_diameter(labels: np.ndarray) -> float:
     if areas.size == 0:
         return math.nan
     return float(np.median(np.sqrt(4.0 * areas / math.pi)))
+
+
+def object_confidence(probs: np.ndarray, labels: np.ndarray) -> float:
+    """How sure the network is of the objects it found: their mean object probability.
+
+    Parameters
+    ----------
+    probs : ndarray of float, shape (num_classes, Y, X)
+        Class probabilities; class 1 is the object (cell interior) class.
+    labels : ndarray of int, shape (Y, X)
+        The instances made from ``probs``, 0 = background.
+
+    Returns
+    -------
+    confidence : float
+        Mean over the objects of the mean class-1 probability inside each,
+        in [0, 1]; ``nan`` when there are no objects. Objects cut into
+        fragments, or blurred beyond the sizes the network was trained on,
+        come out less sure than whole objects of a familiar size.
+    """
+    probs = np.asarray(probs)
+    labels = np.asarray(labels)
+    if probs.ndim != labels.ndim + 1 or probs.shape[1:] != labels.shape:
+        raise ValueError(
+            f"`probs` (shape {probs.shape}) must be `labels` (shape {labels.shape}) "
+            "with a leading class axis"
+        )
+    ids = labels.ravel().astype(np.int64, copy=False)
+    if ids.size == 0 or ids.max() <= 0:
+        return math.nan
+    cell = probs[1 if probs.shape[0] > 1 else 0].ravel().astype(np.float64, copy=False)
+    sums = np.bincount(ids, weights=cell)[1:]
+    counts = np.bincount(ids)[1:]
+    found = counts > 0
+    return float(np.mean(sums[found] / counts[found]))
 
 
 def scale_factor(
@@ -312,7 +349,8 @@ def estimate_diameter(
     result : dict
         ``diameter`` (float, pixels of ``image``; ``nan`` when no zoom found
         an object), ``factor`` (the zoom it implies, 1.0 when unknown),
-        ``passes``: one ``{"factor", "objects", "diameter"}`` per pass, and
+        ``passes``: one ``{"factor", "objects", "diameter", "confidence"}``
+        per pass (:func:`object_confidence` of its objects), and
         ``probabilities``: ``{factor: probs}`` (restored to the image's size)
         for the passes that saw the whole image, so the caller need not
         predict again at one of these zooms.
@@ -333,7 +371,12 @@ def estimate_diameter(
 
             labels = clear_border(labels)
         count = int(len(np.unique(labels)) - (1 if (labels == 0).any() else 0))
-        found = {"factor": factor, "objects": count, "diameter": object_diameter(labels)}
+        found = {
+            "factor": factor,
+            "objects": count,
+            "diameter": object_diameter(labels),
+            "confidence": object_confidence(probs, labels),
+        }
         passes.append(found)
         return found
 
@@ -369,6 +412,72 @@ def estimate_diameter(
         "passes": passes,
         "probabilities": whole,
     }
+
+
+def choose_zoom(
+    estimate: dict[str, Any],
+    model_diameter: float,
+    size_range: tuple[float, float] | None = None,
+    *,
+    min_objects: int = 3,
+    plausible: tuple[float, float] = (0.5, 2.5),
+) -> float:
+    """The zoom to predict at, from :func:`estimate_diameter`'s passes (``diameter="auto"``).
+
+    Objects smaller than the model's trained range are zoomed up to the
+    training size (:func:`scale_factor`). Otherwise the image is shrunk only
+    when the network is surer of the objects it found at a smaller zoom:
+    among the estimate's passes at zooms below 1 that found ``min_objects``
+    objects of a plausible size for the model (``plausible`` times its
+    training size, as the model saw them), the one with the highest
+    :func:`object_confidence` is chosen if it beats the pass at zoom 1;
+    else the image is predicted at its own size. The diameter alone cannot
+    tell objects the network knows at their size (the DSB images' own 45 px
+    nuclei) from objects it reads better shrunk (small nuclei upsampled, so
+    blurred; nuclei several times the training size, cut into fragments);
+    the network's confidence can. Upscaled passes are not compared: their
+    interpolated probabilities look surer than they are.
+
+    Parameters
+    ----------
+    estimate : dict
+        The result of :func:`estimate_diameter`.
+    model_diameter : float
+        The model's ``object_diameter`` (pixels).
+    size_range : (float, float), optional
+        The model's ``object_diameter_range``.
+    min_objects, plausible
+        As for :func:`estimate_diameter`.
+
+    Returns
+    -------
+    factor : float
+        The zoom; one of the passes' zooms when within 10 % of it, so the
+        estimate's prediction at that zoom can be reused.
+    """
+    diameter = estimate["diameter"]
+    passes = estimate["passes"]
+    if not math.isfinite(diameter):
+        return 1.0
+    factor = scale_factor(diameter, model_diameter, size_range)
+    at_one = [p for p in passes if p["factor"] == 1.0 and "confidence" in p]
+    if factor <= 1.0 and at_one:
+        low, high = plausible
+        shrunk = [
+            p
+            for p in passes
+            if p["factor"] < 1.0 - _NO_RESCALE
+            and p["objects"] >= min_objects
+            and low <= p["diameter"] * p["factor"] / model_diameter <= high
+            and math.isfinite(p["confidence"])
+        ]
+        best = max(shrunk, key=lambda p: p["confidence"], default=None)
+        sure = at_one[0]["confidence"]
+        beaten = best is not None and not (math.isfinite(sure) and sure >= best["confidence"])
+        return float(best["factor"]) if beaten else 1.0
+    # A zoom within 10 % of one already tried is that one: no extra pass for a 10 % change.
+    near = min((p["factor"] for p in passes), key=lambda f: abs(math.log(f / factor)), default=1.0)
+    return float(near) if abs(math.log(near / factor)) < 0.1 else factor
 
 
 def _central_crop(
@@ -433,11 +542,7 @@ def predict_at_diameter(
         found = estimate_diameter(predict, label, image, model_diameter)
         info.update(estimated=True, passes=found["passes"])
         if math.isfinite(found["diameter"]):
-            factor = scale_factor(found["diameter"], model_diameter, size_range)
-            # A zoom within 10 % of one already tried is that one (as in the pipeline).
-            near = min(found["passes"], key=lambda p: abs(math.log(p["factor"] / factor)))
-            if abs(math.log(near["factor"] / factor)) < 0.1:
-                factor = near["factor"]
+            factor = choose_zoom(found, model_diameter, size_range)
             seen = found["probabilities"].get(factor)
             info["diameter"] = round(found["diameter"], 2)
     elif model_diameter is not None and diameter is not None:

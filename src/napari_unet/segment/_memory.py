@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Generator
 from dataclasses import replace
 from typing import Any
@@ -10,7 +9,13 @@ from typing import Any
 import numpy as np
 
 from ..progress import Progress, drive
-from ..scale import estimate_diameter, rescale_image, restore_probabilities, scale_factor
+from ..scale import (
+    choose_zoom,
+    estimate_diameter,
+    rescale_image,
+    restore_probabilities,
+    scale_factor,
+)
 from ..tuning import scaled_sizes
 from ._config import (
     Segmentation,
@@ -188,12 +193,7 @@ def _diameter_step(
     yield Progress(1, 1, "diameter", {"diameter": found["diameter"]})
     if not np.isfinite(found["diameter"]):
         return 1.0, {"diameter": None, "factor": 1.0, "estimated": True}, None
-    factor = scale_factor(found["diameter"], config.model_diameter, config.model_diameter_range)
-    # A zoom within 10 % of one already tried is that one: no extra pass for a 10 % change.
-    tried = [p["factor"] for p in found["passes"]]
-    near = min(tried, key=lambda f: abs(math.log(f / factor)))
-    if abs(math.log(near / factor)) < 0.1:
-        factor = near
+    factor = choose_zoom(found, config.model_diameter, config.model_diameter_range)
     info = {"diameter": round(found["diameter"], 2), "factor": factor, "estimated": True}
     single = normalized.shape == plane.shape and not config.tta
     return factor, info, found["probabilities"].get(factor) if single else None
