@@ -350,7 +350,8 @@ def estimate_diameter(
         ``diameter`` (float, pixels of ``image``; ``nan`` when no zoom found
         an object), ``factor`` (the zoom it implies, 1.0 when unknown),
         ``passes``: one ``{"factor", "objects", "diameter", "confidence"}``
-        per pass (:func:`object_confidence` of its objects), and
+        per pass (:func:`object_confidence` of its objects, on the zoomed
+        grid the network predicted on), and
         ``probabilities``: ``{factor: probs}`` (restored to the image's size)
         for the passes that saw the whole image, so the caller need not
         predict again at one of these zooms.
@@ -362,7 +363,8 @@ def estimate_diameter(
 
     def measure(factor: float) -> dict[str, float]:
         view, cropped = _central_crop(image, max_side, factor)
-        probs = predict_rescaled(predict, view, factor)
+        seen = np.asarray(predict(rescale_image(view, factor)), dtype=np.float32)
+        probs = restore_probabilities(seen, view.shape[-2:])
         if not cropped:
             whole[factor] = probs
         labels = label(probs, factor)
@@ -371,11 +373,14 @@ def estimate_diameter(
 
             labels = clear_border(labels)
         count = int(len(np.unique(labels)) - (1 if (labels == 0).any() else 0))
+        # Confidence on the grid the network predicted on: on the image's own grid an
+        # object's uncertain rim would be 1 / factor pixels wide, penalising small zooms.
+        confidence = object_confidence(seen, restore_labels(labels, seen.shape[-2:]))
         found = {
             "factor": factor,
             "objects": count,
             "diameter": object_diameter(labels),
-            "confidence": object_confidence(probs, labels),
+            "confidence": confidence,
         }
         passes.append(found)
         return found
@@ -430,7 +435,8 @@ def choose_zoom(
     among the estimate's passes at zooms below 1 that found ``min_objects``
     objects of a plausible size for the model (``plausible`` times its
     training size, as the model saw them), the one with the highest
-    :func:`object_confidence` is chosen if it beats the pass at zoom 1;
+    :func:`object_confidence` (measured on the grid the network predicted
+    on, the pass's ``"confidence"``) is chosen if it beats the pass at zoom 1;
     else the image is predicted at its own size. The diameter alone cannot
     tell objects the network knows at their size (the DSB images' own 45 px
     nuclei) from objects it reads better shrunk (small nuclei upsampled, so
