@@ -77,6 +77,27 @@ def _labels_layer_patterns() -> None:
     DashAtlas()
 
 
+def _weight_map_step() -> None:
+    """A tiny weight map: loads numba and the compiled kernels (numba's cache).
+
+    0.5-0.7 s, or 2-3 s when the kernels compile after an install, holding the
+    interpreter lock for 100-140 ms at a time: here rather than in the first
+    preview or the first training run's preparation.
+    """
+    import numpy as np
+
+    from napari_unet.weights import weight_map
+
+    cells = np.zeros((16, 16), dtype=np.int32)
+    cells[2:6, 2:6], cells[2:6, 8:12] = 1, 2
+    weight_map(cells)
+
+
+def _train_step_and_weight_map() -> None:
+    _weight_map_step()
+    _train_step()
+
+
 def _predict_step() -> None:
     # Inference imports torch._dynamo too (through the backends): the training step.
     _train_step()
@@ -84,11 +105,12 @@ def _predict_step() -> None:
 
 
 _JOBS = {
-    # Annotate and Weight map: SciPy's ndimage (about 0.4 s of the U-Net dock's opening).
-    "annotate": (("napari_unet.annotation", "napari_unet.weights"), lambda: None),
+    # Annotate and Weight map: SciPy's ndimage (about 0.4 s of the U-Net dock's opening)
+    # and the weight map's numba kernels.
+    "annotate": (("napari_unet.annotation", "napari_unet.weights"), _weight_map_step),
     "train": (
         (*NEEDS["train"], "napari_unet.training", "napari_unet.augment", "napari_unet.metrics"),
-        _train_step,
+        _train_step_and_weight_map,
     ),
     "predict": (
         (
