@@ -73,6 +73,21 @@ def _insert(l1, l2, v1, v2, label, value):
     return l1, l2, v1, v2
 
 
+@njit(cache=True, inline="always")
+def _merge_offset(in_l, in_v, a, i, t, b, h, l1, l2, v1, v2):
+    """Merge the entries of the pixels ``t`` before and after ``i`` (offset cost ``h``)."""
+    n = in_l.shape[1]
+    for p in (i - t, i + t):
+        if 0 <= p < n:
+            # entries are sorted, and one not below v2 changes nothing
+            for k in range(2):
+                value = in_v[a, p, b, k] + h
+                if value >= v2:
+                    break
+                l1, l2, v1, v2 = _insert(l1, l2, v1, v2, in_l[a, p, b, k], value)
+    return l1, l2, v1, v2
+
+
 @njit(cache=True)
 def _sweep(labels, step):
     """Two nearest distinct labels along axis 0 of (n, m) ``labels``: (n, m, 2) arrays.
@@ -141,14 +156,7 @@ def _scan(in_l, in_v, step, limit):
                     h = (t * step) ** 2
                     if h > v2 or h > limit:
                         break
-                    for p in (i - t, i + t):
-                        if 0 <= p < n:
-                            # entries are sorted, and one not below v2 changes nothing
-                            for k in range(2):
-                                value = in_v[a, p, b, k] + h
-                                if value >= v2:
-                                    break
-                                l1, l2, v1, v2 = _insert(l1, l2, v1, v2, in_l[a, p, b, k], value)
+                    l1, l2, v1, v2 = _merge_offset(in_l, in_v, a, i, t, b, h, l1, l2, v1, v2)
                 out_l[a, i, b, 0], out_l[a, i, b, 1] = l1, l2
                 out_v[a, i, b, 0], out_v[a, i, b, 1] = v1, v2
     return out_l, out_v
@@ -184,14 +192,7 @@ def _scan_border(in_l, in_v, step, labels, weights, w0, sigma, cutoff):
                     h = reach * reach
                     if h > v2 or reach > max(half, cutoff - math.sqrt(v1)):
                         break
-                    for p in (i - t, i + t):
-                        if 0 <= p < n:
-                            # entries are sorted, and one not below v2 changes nothing
-                            for k in range(2):
-                                value = in_v[a, p, b, k] + h
-                                if value >= v2:
-                                    break
-                                l1, l2, v1, v2 = _insert(l1, l2, v1, v2, in_l[a, p, b, k], value)
+                    l1, l2, v1, v2 = _merge_offset(in_l, in_v, a, i, t, b, h, l1, l2, v1, v2)
                 total = math.sqrt(v1) + math.sqrt(v2)
                 if total <= cutoff:
                     weights[a, i, b] += w0 * math.exp(-(total * total) / two_sigma2)
