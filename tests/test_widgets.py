@@ -785,7 +785,10 @@ def test_predict_uses_the_bundled_nuclei_model_by_default(make_napari_viewer, qt
     # What the model is for and which checkpoint it is, not its depth and width.
     info = predict._model_info.value
     assert info.startswith("Fluorescence nuclei") and "depth" not in info
-    assert "best checkpoint, iteration 1200 of 1800" in info.lower()
+    from napari_unet.io import read_metadata
+
+    trained = read_metadata(pretrained_path("nuclei"))["training"]
+    assert f"trained {trained['iteration']} iterations" in info.lower()
     assert predict._threshold.value == pytest.approx(0.8, abs=0.15)
     assert not predict._tta.value
     # em-membranes: its stored choice (growth over cell probability 0.05, TTA) fills the fields.

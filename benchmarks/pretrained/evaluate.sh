@@ -13,7 +13,7 @@ WORK="${WORK:-/tmp/pretrained_eval}"
 [ -d "$DATA/val/images" ] || python benchmarks/pretrained/prepare_dsb.py --out "$DATA"
 
 # nuclei: DSB 2018 average precision on the 48 held-out greyscale fluorescence images
-napari-unet predict --model "$NUCLEI" "$DATA/val/images" --out "$WORK/nuclei" --threshold 0.8 \
+napari-unet predict --model "$NUCLEI" "$DATA/val/images" --out "$WORK/nuclei" \
   --overwrite --quiet
 napari-unet evaluate --pred "$WORK/nuclei" --gt "$DATA/val/labels" \
   --metrics ap50 ap75 mean_ap precision50 recall50 f1_50 seg \
