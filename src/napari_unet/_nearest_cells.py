@@ -74,6 +74,12 @@ def _insert(l1, l2, v1, v2, label, value):
 
 
 @njit(cache=True, inline="always")
+def _entries(in_l, in_v, a, i, b):
+    """A pixel's two entries ``(l1, l2, v1, v2)`` in (a, n, b, 2) arrays."""
+    return in_l[a, i, b, 0], in_l[a, i, b, 1], in_v[a, i, b, 0], in_v[a, i, b, 1]
+
+
+@njit(cache=True, inline="always")
 def _merge_offset(in_l, in_v, a, i, t, b, h, l1, l2, v1, v2):
     """Merge the entries of the pixels ``t`` before and after ``i`` (offset cost ``h``)."""
     n = in_l.shape[1]
@@ -146,12 +152,7 @@ def _scan(in_l, in_v, step, limit):
     for a in range(a_n):
         for i in range(n):
             for b in range(b_n):
-                l1, l2, v1, v2 = (
-                    in_l[a, i, b, 0],
-                    in_l[a, i, b, 1],
-                    in_v[a, i, b, 0],
-                    in_v[a, i, b, 1],
-                )
+                l1, l2, v1, v2 = _entries(in_l, in_v, a, i, b)
                 for t in range(1, n):
                     h = (t * step) ** 2
                     if h > v2 or h > limit:
@@ -181,12 +182,7 @@ def _scan_border(in_l, in_v, step, labels, weights, w0, sigma, cutoff):
             for b in range(b_n):
                 if labels[a, i, b] != 0:
                     continue
-                l1, l2, v1, v2 = (
-                    in_l[a, i, b, 0],
-                    in_l[a, i, b, 1],
-                    in_v[a, i, b, 0],
-                    in_v[a, i, b, 1],
-                )
+                l1, l2, v1, v2 = _entries(in_l, in_v, a, i, b)
                 for t in range(1, n):
                     reach = t * step
                     h = reach * reach
