@@ -11,6 +11,7 @@ from scipy import ndimage as ndi
 from napari_unet.scale import (
     choose_zoom,
     estimate_diameter,
+    line_diameter,
     object_confidence,
     object_diameter,
     predict_at_diameter,
@@ -48,6 +49,26 @@ def test_object_diameter_of_discs_and_squares():
     assert math.isnan(object_diameter(np.zeros((8, 8), dtype=int)))
     with pytest.raises(ValueError, match="integer"):
         object_diameter(np.zeros((8, 8)))
+
+
+def test_line_diameter_across_discs_agrees_with_their_area():
+    labels = discs(radius=10.0, spacing=30)
+    centres = centroids(labels)
+    # A line through each centre from edge to edge, at varied angles, as a user draws it.
+    lines = []
+    for k, (cy, cx) in enumerate(centres):
+        angle = 0.4 * k
+        step = np.array([np.sin(angle), np.cos(angle)])
+        lines.append(np.array([[cy, cx] - 10.0 * step, [cy, cx] + 10.0 * step]))
+    assert line_diameter(lines) == pytest.approx(object_diameter(labels), rel=0.05)
+    # A polyline is as long as its segments; the median ignores one stray line.
+    bent = np.array([[0.0, 0.0], [0.0, 12.0], [8.0, 12.0]])
+    assert line_diameter([bent]) == 20.0
+    assert line_diameter([bent, bent, np.array([[0.0, 0.0], [0.0, 200.0]])]) == 20.0
+    with pytest.raises(ValueError, match="draw a line"):
+        line_diameter([np.array([[3.0, 3.0], [3.0, 3.0]])])
+    with pytest.raises(ValueError, match=r"\(V, 2\)"):
+        line_diameter([np.zeros((2, 3))])
 
 
 def test_scale_factor():

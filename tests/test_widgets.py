@@ -522,6 +522,58 @@ def test_object_diameter_field():
     assert isinstance(parse_diameter("nan"), ValueError)
 
 
+def test_predict_measures_the_diameter_on_a_line_or_painted_cells(make_napari_viewer, errors):
+    viewer = make_napari_viewer()
+    yy, xx = np.mgrid[:64, :64]
+    cells = np.zeros((64, 64), np.int32)
+    for k, (cy, cx) in enumerate([(16, 16), (16, 46), (46, 30)], start=1):
+        cells[(yy - cy) ** 2 + (xx - cx) ** 2 <= 8**2] = k  # 16 px across
+    image = viewer.add_image(cells.astype(np.float32), name="cells")
+    predict = _dock(viewer, "Predict")
+    predict._image.value = image
+
+    # Painted cells (here: the whole truth) give their median equivalent diameter.
+    viewer.add_labels(cells, name="painted")
+    assert predict.measure_diameter() == pytest.approx(16.0, rel=0.05)
+    assert float(predict._diameter.value) == pytest.approx(16.0, rel=0.05)
+    assert "3 painted cells in 'painted'" in predict._status.value
+    # Labels painted at half the image's resolution: measured in the image's pixels.
+    viewer.add_labels(cells[::2, ::2], name="coarse", scale=(2, 2))
+    assert predict.measure_diameter() == pytest.approx(16.0, rel=0.15)
+
+    # Lines drawn across cells: their median length, in the image's pixels.
+    viewer.add_shapes(
+        [
+            np.array([[16, 8], [16, 24]]),
+            np.array([[8, 46], [24, 46]]),
+            np.array([[0, 0], [60, 60]]),
+        ],
+        shape_type="line",
+        name="ruler",
+    )
+    assert predict.measure_diameter() == pytest.approx(16.0)
+    assert "3 lines in 'ruler'" in predict._status.value
+    viewer.add_shapes([np.array([[16, 4], [16, 12]])], shape_type="line", scale=(2, 2))
+    assert predict.measure_diameter() == pytest.approx(16.0)
+
+    # Nothing to measure: the field keeps its value and the message says what to draw.
+    predict._diameter.value = "16.0"
+    viewer.add_shapes([np.array([[0, 0], [0, 9], [9, 9], [9, 0]])], shape_type="rectangle")
+    assert predict.measure_diameter() is None and "has no line or path" in errors[-1]
+    viewer.layers.selection.active = image
+    assert predict.measure_diameter() is None
+    assert "'cells' is selected: select a Shapes layer with a line" in errors[-1]
+    viewer.add_labels(np.zeros((64, 64), np.int32), name="empty")
+    assert predict.measure_diameter() is None and "'empty' has no painted cell" in errors[-1]
+    assert predict._diameter.value == "16.0"
+
+    # After a run that estimated the size, the empty field shows the estimate.
+    predict._job = {"info": {"estimated": True, "diameter": 17.3}}
+    predict._show_report(3, "cells cells (predicted)", 1.0)
+    assert predict._diameter.native.placeholderText() == "auto (last: 17 px)"
+    assert "objects ~17 px (estimated)" in predict._status.value
+
+
 def test_removing_the_image_during_predict_adds_nothing(make_napari_viewer, qtbot, tiny_model):
     viewer = make_napari_viewer()
     _add_layers(viewer, make_cells_3d())

@@ -48,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-intensity", action="store_true", help="only the default grey-value augmentation"
     )
+    parser.add_argument(
+        "--loss", choices=("ce", "hybrid"), default="ce", help="hybrid: cross-entropy + soft Dice"
+    )
     parser.add_argument("--cpu-bf16", action="store_true", help="bf16 autocast training steps")
     parser.add_argument("--iterations", type=int, default=6000)
     parser.add_argument(
@@ -81,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         lr=args.lr,
         lr_schedule="cosine",
         warmup=100,
+        loss=args.loss,
         intensity=not args.no_intensity,
         object_diameter=args.diameter or None,
         zoom_range=None if tuple(args.zoom) == (1.0, 1.0) else tuple(args.zoom),

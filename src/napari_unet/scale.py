@@ -27,6 +27,7 @@ from scipy import ndimage as ndi
 __all__ = [
     "choose_zoom",
     "estimate_diameter",
+    "line_diameter",
     "object_confidence",
     "object_diameter",
     "predict_at_diameter",
@@ -82,6 +83,47 @@ def object_diameter(labels: np.ndarray) -> float:
     if areas.size == 0:
         return math.nan
     return float(np.median(np.sqrt(4.0 * areas / math.pi)))
+
+
+def line_diameter(lines: Sequence[np.ndarray]) -> float:
+    """Median length of lines drawn across objects, for a typed diameter.
+
+    A user who knows the objects draws a line across one (or several) of
+    them; this is the diameter the prediction pipeline then uses.
+
+    Parameters
+    ----------
+    lines : sequence of ndarray of float, each shape (V, 2)
+        Each line's vertices (V >= 2) in (Y, X) pixel coordinates of the
+        image; a polyline's length is the sum of its segments.
+
+    Returns
+    -------
+    diameter : float
+        Median of the lines' lengths, in pixels.
+
+    Raises
+    ------
+    ValueError
+        If there is no line with two distinct vertices, or a line is not
+        (V, 2).
+
+    Examples
+    --------
+    >>> round(line_diameter([np.array([[0.0, 0.0], [3.0, 4.0]])]), 1)
+    5.0
+    """
+    lengths = []
+    for line in lines:
+        vertices = np.asarray(line, dtype=float)
+        if vertices.ndim != 2 or vertices.shape[1] != 2:
+            raise ValueError(f"a line must be (V, 2) (Y, X) vertices, got shape {vertices.shape}")
+        length = float(np.sum(np.hypot(*np.diff(vertices, axis=0).T)))
+        if length > 0 and np.isfinite(length):
+            lengths.append(length)
+    if not lengths:
+        raise ValueError("no line to measure: draw a line across an object (two points)")
+    return float(np.median(lengths))
 
 
 def object_confidence(probs: np.ndarray, labels: np.ndarray) -> float:

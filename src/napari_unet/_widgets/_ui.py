@@ -115,7 +115,8 @@ def _group_forms(widgets: Sequence[Widget]) -> list[Widget]:
             run.clear()
 
     for widget in widgets:
-        if isinstance(widget, (Label, Container)) or not widget.label:
+        # A container with a label is one form row (a field and its button).
+        if isinstance(widget, Label) or not widget.label:
             flush()
             out.append(widget)
         else:

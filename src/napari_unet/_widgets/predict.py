@@ -26,6 +26,7 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QTimer
 
 from ..progress import Progress
+from ._diameter import measure_diameter, parse_diameter
 from ._layers import (
     GREY,
     RGB,
@@ -51,7 +52,7 @@ from ._warmup import freeze_heap, warm_up_soon, when_ready
 if TYPE_CHECKING:
     import napari
 
-__all__ = ["PredictWidget", "predict_job"]
+__all__ = ["PredictWidget", "parse_diameter", "predict_job"]
 
 _FROM_FILE = "__file__"
 # Share of the progress bar for the network; the rest is labelling the planes.
@@ -214,6 +215,18 @@ class PredictWidget(ScrollDock):
             "model's training size. Empty: the model's default (estimated when the model "
             "records its object size); 'none': no rescaling."
         )
+        self._measure = PushButton(text="Measure")
+        self._measure.tooltip = (
+            "Measure the diameter on the selected layer: a Shapes layer with lines drawn "
+            "across cells, or a Labels layer with painted cells."
+        )
+        diameter_row = Container(
+            widgets=[self._diameter, self._measure],
+            layout="horizontal",
+            labels=False,
+            label="object diameter (px)",
+        )
+        diameter_row.margins = (0, 0, 0, 0)
         self._link = CheckBox(text=link_text(()), value=False)
         self._link.tooltip = (
             "One id per cell through the stack, by overlap between neighbouring planes "
@@ -237,7 +250,7 @@ class PredictWidget(ScrollDock):
                 self._tta,
                 self._threshold,
                 self._probabilities,
-                self._diameter,
+                diameter_row,
                 self._link,
                 self._device,
             ]
@@ -248,6 +261,7 @@ class PredictWidget(ScrollDock):
         self._model_file.changed.connect(self._on_model_changed)
         self._image.changed.connect(self._on_image_changed)
         self._run.changed.connect(self.start)
+        self._measure.changed.connect(self.measure_diameter)
         self._cancel.changed.connect(self.cancel)
         self._session.models_changed.connect(self._on_session_models)
         on_layer_list_change(viewer, self._on_layers_changed)
@@ -371,6 +385,19 @@ class PredictWidget(ScrollDock):
         choices = self._channel_axis.choices
         if choices and self._channel_axis.value not in choices:
             self._channel_axis.value = choices[0]
+
+    def measure_diameter(self) -> float | None:
+        """Fill the diameter field from the selected Shapes (lines) or Labels (cells) layer."""
+        try:
+            value, source = measure_diameter(
+                self._viewer.layers.selection.active, self._image.value
+            )
+        except ValueError as err:
+            show_error(f"Predict: {err}")
+            return None
+        self._diameter.value = f"{value:.1f}"
+        self._status.value = f"object diameter {value:.1f} px, measured on {source}"
+        return value
 
     # -- running -------------------------------------------------------------------------------
 
@@ -595,6 +622,8 @@ class PredictWidget(ScrollDock):
         info = self._job.get("info") or {}
         if info.get("estimated") and info.get("diameter"):
             grey += f", objects ~{float(info['diameter']):.0f} px (estimated)"
+            # Shown in the empty field too, so it can be kept or corrected for the next run.
+            self._diameter.native.setPlaceholderText(f"auto (last: {info['diameter']:.0f} px)")
         if info.get("backend"):  # the engine that ran (what "auto" chose)
             grey += f" [{info['backend']} {info['precision']}]"
         self._status.value = (
@@ -630,30 +659,6 @@ class PredictWidget(ScrollDock):
         self.worker = None
         if self._alive:
             self._set_running(False)
-
-
-def parse_diameter(text: str) -> float | str | ValueError | None:
-    """The object-diameter field: "" -> "default", "auto", "none" -> None, or pixels.
-
-    Returns the ValueError (not raised) for text that is none of these.
-    """
-    value = (text or "").strip().lower()
-    if value in ("", "default"):
-        return "default"
-    if value == "auto":
-        return "auto"
-    if value in ("none", "off", "0"):
-        return None
-    try:
-        number = float(value.removesuffix("px").strip())
-    except ValueError:
-        number = -1.0
-    if not number > 0 or number != number:
-        return ValueError(
-            f"object diameter {text!r} is not a number of pixels; leave it empty (automatic), "
-            "type 'none' (no rescaling) or a diameter such as 25"
-        )
-    return number
 
 
 def _is_lazy(data: Any) -> bool:
