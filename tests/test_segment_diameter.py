@@ -89,13 +89,43 @@ def test_no_rescaling_for_none_two_class_models_and_old_files():
         config = SegmentConfig.from_metadata(meta, device="cpu", diameter=diameter)
         result = segment((net, meta), image, config=config)
         assert set(seen) == unscaled and result.info["factor"] == 1.0
-    # Objects within the sizes the model was trained on are not rescaled.
+    # Objects within the sizes the model was trained on and not above its size: as they are.
     net, meta, seen = _model(3)
     meta["object_diameter_range"] = [12.0, 40.0]
-    config = SegmentConfig.from_metadata(meta, device="cpu", diameter=32.0)
+    config = SegmentConfig.from_metadata(meta, device="cpu", diameter=14.0)
     result = segment((net, meta), image, config=config)
     assert set(seen) == unscaled and result.info["factor"] == 1.0
     with pytest.raises(ValueError, match="diameter"):
         SegmentConfig(diameter="large")
     with pytest.raises(ValueError, match="diameter"):
         SegmentConfig(diameter=-4.0)
+
+
+@pytest.mark.parametrize("surer", [0.5, 1.0])
+def test_a_typed_size_within_the_trained_range_shrinks_only_if_the_network_is_surer(
+    monkeypatch, surer
+):
+    import napari_unet.segment._memory as memory
+    from napari_unet.scale import zoom_passes
+
+    net, meta, seen = _model(3)
+    meta["object_diameter_range"] = [12.0, 40.0]
+    image = (_discs(16, 96) > 0).astype(np.float32)
+    checked = []
+
+    def passes(predict, label, plane, factors, **kwargs):
+        found = zoom_passes(predict, label, plane, factors, **kwargs)
+        checked.append(tuple(p["factor"] for p in found["passes"]))
+        # The network's confidence decides; here it is made surer at ``surer``.
+        for p in found["passes"]:
+            p.update(objects=4, diameter=32.0, confidence=0.9 if p["factor"] == surer else 0.6)
+        return found
+
+    monkeypatch.setattr(memory, "zoom_passes", passes)
+    config = SegmentConfig.from_metadata(meta, device="cpu", backend="eager", diameter=32.0)
+    result = segment((net, meta), image, config=config)
+    # Both zooms were predicted (once each: the chosen pass's probabilities are reused).
+    assert checked == [(0.5, 1.0)] and len(seen) == len(set(seen)) == 2
+    size_info = {k: result.info[k] for k in ("diameter", "factor", "estimated")}
+    assert size_info == {"diameter": 32.0, "factor": surer, "estimated": False}
+    assert result.labels.shape == image.shape

@@ -36,6 +36,7 @@ __all__ = [
     "restore_labels",
     "restore_probabilities",
     "scale_factor",
+    "zoom_passes",
 ]
 
 # Zooms closer to 1 than this leave the image as it is: resampling would blur
@@ -404,26 +405,7 @@ def estimate_diameter(
     whole: dict[float, np.ndarray] = {}
 
     def measure(factor: float) -> dict[str, float]:
-        view, cropped = _central_crop(image, max_side, factor)
-        seen = np.asarray(predict(rescale_image(view, factor)), dtype=np.float32)
-        probs = restore_probabilities(seen, view.shape[-2:])
-        if not cropped:
-            whole[factor] = probs
-        labels = label(probs, factor)
-        if cropped:  # objects cut by the crop would look small
-            from skimage.segmentation import clear_border
-
-            labels = clear_border(labels)
-        count = int(len(np.unique(labels)) - (1 if (labels == 0).any() else 0))
-        # Confidence on the grid the network predicted on: on the image's own grid an
-        # object's uncertain rim would be 1 / factor pixels wide, penalising small zooms.
-        confidence = object_confidence(seen, restore_labels(labels, seen.shape[-2:]))
-        found = {
-            "factor": factor,
-            "objects": count,
-            "diameter": object_diameter(labels),
-            "confidence": confidence,
-        }
+        found = _measure_pass(predict, label, image, factor, max_side, whole)
         passes.append(found)
         return found
 
@@ -461,6 +443,68 @@ def estimate_diameter(
     }
 
 
+def zoom_passes(
+    predict: Callable[[np.ndarray], np.ndarray],
+    label: Callable[[np.ndarray, float], np.ndarray],
+    image: np.ndarray,
+    factors: Sequence[float],
+    *,
+    max_side: int | None = 512,
+) -> dict[str, Any]:
+    """Predict at each zoom and measure what the network found: passes for :func:`choose_zoom`.
+
+    :func:`estimate_diameter` without the estimate, for a diameter the user
+    typed: the typed size gives the zoom, and the passes let
+    :func:`choose_zoom` check the network's confidence there against zoom 1.
+
+    Parameters
+    ----------
+    predict, label, image, max_side
+        As for :func:`estimate_diameter`.
+    factors : sequence of float
+        The zooms.
+
+    Returns
+    -------
+    result : dict
+        ``passes`` and ``probabilities``, as :func:`estimate_diameter` returns them.
+    """
+    whole: dict[float, np.ndarray] = {}
+    passes = [_measure_pass(predict, label, image, float(f), max_side, whole) for f in factors]
+    return {"passes": passes, "probabilities": whole}
+
+
+def _measure_pass(
+    predict: Callable[[np.ndarray], np.ndarray],
+    label: Callable[[np.ndarray, float], np.ndarray],
+    image: np.ndarray,
+    factor: float,
+    max_side: int | None,
+    whole: dict[float, np.ndarray],
+) -> dict[str, float]:
+    """One pass at one zoom: objects found, their diameter and the network's confidence."""
+    view, cropped = _central_crop(image, max_side, factor)
+    seen = np.asarray(predict(rescale_image(view, factor)), dtype=np.float32)
+    probs = restore_probabilities(seen, view.shape[-2:])
+    if not cropped:
+        whole[factor] = probs
+    labels = label(probs, factor)
+    if cropped:  # objects cut by the crop would look small
+        from skimage.segmentation import clear_border
+
+        labels = clear_border(labels)
+    count = int(len(np.unique(labels)) - (1 if (labels == 0).any() else 0))
+    # Confidence on the grid the network predicted on: on the image's own grid an
+    # object's uncertain rim would be 1 / factor pixels wide, penalising small zooms.
+    confidence = object_confidence(seen, restore_labels(labels, seen.shape[-2:]))
+    return {
+        "factor": factor,
+        "objects": count,
+        "diameter": object_diameter(labels),
+        "confidence": confidence,
+    }
+
+
 def choose_zoom(
     estimate: dict[str, Any],
     model_diameter: float,
@@ -469,7 +513,7 @@ def choose_zoom(
     min_objects: int = 3,
     plausible: tuple[float, float] = (0.5, 2.5),
 ) -> float:
-    """The zoom to predict at, from :func:`estimate_diameter`'s passes (``diameter="auto"``).
+    """The zoom to predict at, from :func:`estimate_diameter`'s or :func:`zoom_passes`' passes.
 
     Objects smaller than the model's trained range are zoomed up to the
     training size (:func:`scale_factor`). Otherwise the image is shrunk only
@@ -489,7 +533,8 @@ def choose_zoom(
     Parameters
     ----------
     estimate : dict
-        The result of :func:`estimate_diameter`.
+        The result of :func:`estimate_diameter` (``diameter="auto"``), or
+        :func:`zoom_passes`' with the typed ``diameter`` added.
     model_diameter : float
         The model's ``object_diameter`` (pixels).
     size_range : (float, float), optional

@@ -15,6 +15,7 @@ from ..scale import (
     rescale_image,
     restore_probabilities,
     scale_factor,
+    zoom_passes,
 )
 from ..tuning import scaled_sizes
 from ._config import (
@@ -27,6 +28,9 @@ from ._config import (
     _setup,
     _z_axis,
 )
+
+# A typed size within 5 % of the model's is not checked: no rescaling (scale.scale_factor).
+_CHECK_BELOW = 0.05
 
 
 def _iter_label_planes(
@@ -173,28 +177,40 @@ def _diameter_step(
         diameter = "auto" if instance else None
     if diameter is None or config.model_diameter is None:
         return 1.0, {"diameter": None, "factor": 1.0}, None
-    if diameter != "auto":
-        factor = scale_factor(float(diameter), config.model_diameter, config.model_diameter_range)
-        return factor, {"diameter": float(diameter), "factor": factor, "estimated": False}, None
     from ..tiling import predict_tiled
 
-    # Estimated on one plane (the middle one of a stack), with its channels.
+    # Estimated (or checked) on one plane (the middle one of a stack), with its channels.
     lead = normalized.shape[: normalized.ndim - (2 if axis is None else 3)]
     plane = normalized[tuple(n // 2 for n in lead)]
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        return predict_tiled(net, x, **kwargs)
 
     def label(probs: np.ndarray, factor: float) -> np.ndarray:
         options = scaled_sizes(config.postprocess or {}, factor)
         return _labels_of_plane(probs, replace(config, postprocess=options))
 
-    yield Progress(0, 1, "diameter")
-    found = estimate_diameter(
-        lambda x: predict_tiled(net, x, **kwargs), label, plane, config.model_diameter
-    )
+    if diameter != "auto":
+        typed = float(diameter)
+        factor = scale_factor(typed, config.model_diameter, config.model_diameter_range)
+        shrink = config.model_diameter / typed
+        if factor != 1.0 or shrink > 1.0 - _CHECK_BELOW:
+            return factor, {"diameter": typed, "factor": factor, "estimated": False}, None
+        # Objects larger than the model's size but within its trained range: as with
+        # "auto", shrinking must make the network surer of its objects than zoom 1
+        # (typing the true size otherwise cost 2x-upscaled DSB images AP@0.5 0.722 vs 0.774).
+        yield Progress(0, 1, "diameter")
+        found = {"diameter": typed, **zoom_passes(predict, label, plane, (shrink, 1.0))}
+        estimated = False
+    else:
+        yield Progress(0, 1, "diameter")
+        found = estimate_diameter(predict, label, plane, config.model_diameter)
+        estimated = True
     yield Progress(1, 1, "diameter", {"diameter": found["diameter"]})
     if not np.isfinite(found["diameter"]):
         return 1.0, {"diameter": None, "factor": 1.0, "estimated": True}, None
     factor = choose_zoom(found, config.model_diameter, config.model_diameter_range)
-    info = {"diameter": round(found["diameter"], 2), "factor": factor, "estimated": True}
+    info = {"diameter": round(found["diameter"], 2), "factor": factor, "estimated": estimated}
     single = normalized.shape == plane.shape and not config.tta
     return factor, info, found["probabilities"].get(factor) if single else None
 
