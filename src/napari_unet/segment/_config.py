@@ -76,7 +76,11 @@ class SegmentConfig:
         Typical object diameter in the image, pixels (:mod:`napari_unet.scale`):
         the image is rescaled so objects have the model's training size
         (``object_diameter`` in its file), predicted, and the labels
-        returned at the original size. ``"auto"``: estimated from the image
+        returned at the original size. Objects within the model's trained
+        range (``object_diameter_range``) are predicted as they are, except
+        that larger ones than the model's size are shrunk when the network
+        is surer of its objects that way (:func:`napari_unet.scale.choose_zoom`,
+        one extra pass). ``"auto"``: estimated from the image
         by the model (the value used is in ``Segmentation.info``); None: no
         rescaling. ``"default"``: ``"auto"`` for instance models (three
         classes) that record their object size, else None. In-memory images
