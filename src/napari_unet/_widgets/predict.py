@@ -213,7 +213,8 @@ class PredictWidget(ScrollDock):
         self._diameter.tooltip = (
             "Typical cell diameter in this image, in pixels: the image is rescaled to the "
             "model's training size. Empty: the model's default (estimated when the model "
-            "records its object size); 'none': no rescaling."
+            "records its object size); 'none': no rescaling. Measure fills it in from a line "
+            "drawn across a cell or from painted cells."
         )
         self._measure = PushButton(text="Measure")
         self._measure.tooltip = (
